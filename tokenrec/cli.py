@@ -76,8 +76,10 @@ def _snapshot(cfg: Config, ds: str) -> Path:
 
 def stage_etl(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from tokenrec.data.etl import run_etl
+    from tokenrec.data.loaders import list_source_files
     from tokenrec.spark import get_spark
 
+    list_source_files(cfg.source.path, schema.parse_ds(args.ds))  # fail fast, before Spark starts
     result = run_etl(get_spark(cfg.spark), cfg, args.ds)
     m = result.manifest
     return {

@@ -145,6 +145,7 @@ class GnnConfig:
     output: str = "propagated"  # which embeddings later stages use: propagated (mean of layers) or ego
     init_std: float = 0.1  # std of the normal initialisation of the ego tables
     eval_batch_size: int = 2048  # users scored at once in the validation evaluations during training
+    threads: int = 0  # CPU threads for the sparse graph products (0 = all cores); ignored on a GPU
 
     def __post_init__(self) -> None:
         _one_of("gnn.output", self.output, GNN_OUTPUTS)
@@ -225,17 +226,18 @@ class TokenizerConfig:
     codebooks: int = 3  # K, tokens per entity (ignored by single, which has one)
     codebook_size: int = 256  # L, codewords per codebook; grow with the catalog (e.g. 512 for ~40k items)
     code_dim: int = 64  # d_c, codeword size (kmeans: always the embedding size)
-    hidden_dim: int = 256  # hidden width of the encoder and decoder MLPs
+    hidden_dim: int = 128  # hidden width of the encoder and decoder MLPs
     mask_prob: float = 0.2  # rho, per-element input masking in training (mq, single); 0 disables masking
     beta: float = 0.25  # weight of the commitment term
     lr: float = 1e-3  # Adam learning rate
     batch_size: int = 512  # entities per gradient step
-    epochs: int = 200  # passes over all entities (kmeans: unused)
+    epochs: int = 50  # passes over all entities (kmeans: unused); recon error flattens by ~20 on Beauty-size data
     kmeans_init: bool = True  # initialise every codebook by k-means on the encoder outputs before training
     kmeans_iters: int = 25  # Lloyd iterations of that k-means (and of the kmeans tokenizer)
     reseed_dead: bool = True  # move codewords chosen by no entity in an epoch onto random encoder outputs
     reseed_until: float = 0.8  # ... only during this first fraction of the epochs, so that the last ones settle
     disambiguate: bool = False  # opt-in: append a level numbering entities that share a K-tuple (TIGER-style)
+    cpu_threads: int = 1  # intra-op CPU threads while training (0 = torch default); these small MLPs gain nothing
 
     def __post_init__(self) -> None:
         _one_of("tokenizer.kind", self.kind, TOKENIZER_KINDS)
@@ -248,9 +250,10 @@ class TokenizerConfig:
             raise ConfigError(f"tokenizer.mask_prob (rho) must lie in [0, 1), got {self.mask_prob}")
         if self.beta < 0.0 or self.lr <= 0.0:
             raise ConfigError(f"tokenizer.beta must be >= 0 and tokenizer.lr > 0, got {self.beta} and {self.lr}")
-        if self.epochs < 0 or self.kmeans_iters < 0:
+        if self.epochs < 0 or self.kmeans_iters < 0 or self.cpu_threads < 0:
             raise ConfigError(
-                f"tokenizer.epochs and tokenizer.kmeans_iters must be >= 0, got {self.epochs}, {self.kmeans_iters}"
+                "tokenizer.epochs, tokenizer.kmeans_iters and tokenizer.cpu_threads must be >= 0, "
+                f"got {self.epochs}, {self.kmeans_iters}, {self.cpu_threads}"
             )
         if not 0.0 <= self.reseed_until <= 1.0:
             raise ConfigError(f"tokenizer.reseed_until must lie in [0, 1], got {self.reseed_until}")
@@ -318,7 +321,7 @@ class RetrievalConfig:
     # kinds trade recall for speed on large catalogs
     topk: int = 20  # recommendations per user in batch inference
     batch_size: int = 1024  # users per search call
-    ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items)
+    ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items), >= 39 items per list
     ivf_nprobe: int = 32  # ivf: lists visited per query (recall against speed)
     hnsw_m: int = 32  # hnsw: neighbours per graph node
     hnsw_ef_construction: int = 200  # hnsw: beam width while building
@@ -437,11 +440,27 @@ def _parse_override(item: str) -> dict[str, Any]:
         value = raw
     nested: dict[str, Any] = {}
     node = nested
-    parts = key.strip().split(".")
+    parts = _key_path(key.strip())
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return nested
+
+
+def _key_path(key: str) -> list[str]:
+    """Split ``a.b.c`` along the config tree; below a mapping field (``spark.conf``) the rest is one key."""
+    parts = key.split(".")
+    cls: Any = Config
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return parts
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return parts  # reported as an unknown key by _check_keys
+        cls = hints[part]
+        if typing.get_origin(cls) is dict and i + 1 < len(parts):
+            return [*parts[: i + 1], ".".join(parts[i + 1 :])]
+    return parts
 
 
 def _deep_merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
@@ -459,7 +478,7 @@ def _check_keys(cls: type, data: dict[str, Any], origin: str, prefix: str) -> No
         if key not in names:
             where = prefix.rstrip(".") or "the top level"
             raise ConfigError(
-                f"unknown config key {prefix}{key!r} in {origin}; valid keys at {where}: {', '.join(names)}"
+                f"unknown config key '{prefix}{key}' in {origin}; valid keys at {where}: {', '.join(names)}"
             )
         sub = hints[key]
         if dataclasses.is_dataclass(sub):

@@ -117,7 +117,7 @@ def _run_suites(
     with tempfile.TemporaryDirectory(prefix="tokenrec-gx-") as root:
         context = gx.get_context(mode="file", project_root_dir=root)
         context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
-        source = context.data_sources.add_spark(name="lake")
+        source = context.data_sources.add_spark(name="lake", persist=False)  # frames are cached by us
         result_format = {"result_format": "SUMMARY", "partial_unexpected_count": cfg.validation.sample_rows}
         results = []
         for name, expectations in (("interactions", rows), ("interactions_per_user", users)):

@@ -90,8 +90,12 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str) -> EtlResult:
         cfg.spark.shuffle_partitions, schema.USER_IDX
     ).sortWithinPartitions(schema.USER_IDX, schema.EVENT_TS, schema.ITEM_IDX)
 
+    stats = spark.table("int_events_kcore").agg(
+        F.countDistinct(schema.USER_ID).alias("users"), F.countDistinct(schema.ITEM_ID).alias("items")
+    ).first()
     split_counts = {r[schema.SPLIT]: r["n"] for r in interactions.groupBy(schema.SPLIT).agg(F.count("*").alias("n")).collect()}
     n_rows = sum(split_counts.values())
+    n_stg, n_deduped = stg.count(), deduped.count()
     previous = _previous_snapshot(lake, day)
     manifest = {
         "table": schema.INTERACTIONS_TABLE,
@@ -102,15 +106,15 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str) -> EtlResult:
         "valid_rows": counts["valid"],
         "quarantined_rows": counts["quarantined"],
         "quarantine_reasons": counts["reasons"],
-        "events_in_snapshot": stg.count(),
-        "duplicates_dropped": stg.count() - deduped.count(),
+        "events_in_snapshot": n_stg,
+        "duplicates_dropped": n_stg - n_deduped,
         "kcore": cfg.etl.kcore,
         "kcore_rounds": rounds,
-        "kcore_removed": deduped.count() - n_kcore,
+        "kcore_removed": n_deduped - n_kcore,
         "rows": n_rows,
         "split_counts": split_counts,
-        "users": kcore.select(schema.USER_ID).distinct().count(),
-        "items": kcore.select(schema.ITEM_ID).distinct().count(),
+        "users": stats["users"],
+        "items": stats["items"],
         "n_users": n_users,
         "n_items": n_items,
         "new_users": new_users,

@@ -1,0 +1,60 @@
+"""Shared fixtures: one local Spark session per test run, an isolated TOKENREC_HOME per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests skip cleanly without a CUDA device; Java-less machines skip Spark tests with a reason."""
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    has_java = shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "spark" in item.keywords and not has_java:
+            item.add_marker(pytest.mark.skip(reason="needs Java 17 for Spark"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole run (a session takes 10-15 s to start here)."""
+    from tokenrec.config import SparkConfig
+    from tokenrec.spark import get_spark
+
+    session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TOKENREC_HOME for one test."""
+    root = tmp_path / "home"
+    root.mkdir()
+    monkeypatch.setenv("TOKENREC_HOME", str(root))
+    return root
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present beside the checkout")
+    return SHARED_DATA
