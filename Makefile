@@ -46,7 +46,7 @@ lint: $(STAMP)
 bench: bench-etl
 
 bench-etl: $(STAMP)
-	$(PY) -m tokenrec.bench etl
+	$(PY) -m tokenrec.bench.etl ml100k beauty
 
 clean-var:
 	rm -rf var

@@ -105,12 +105,22 @@ def _task(module: str) -> Callable[[Config, argparse.Namespace], dict[str, Any]]
     return run
 
 
+PIPELINE = ("etl", "validate-interactions")
+
+
 def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline in one process, in DAG order (Airflow runs the same stages as separate tasks)."""
     summary: dict[str, Any] = {}
-    for name in ("etl", "validate-interactions"):
+    for name in PIPELINE:
         log.info("== %s", name)
         summary[name] = HANDLERS[name](cfg, args)
+    lake = schema.Lake.at(cfg.paths.lake)
+    summary["outputs"] = {
+        "interactions": str(lake.interactions(args.ds)),
+        "quarantine": str(lake.quarantine(args.ds)),
+        "id_maps": str(lake.id_map(schema.USERS).parent),
+        "validation_report": str(lake.validation_report(schema.INTERACTIONS_TABLE, args.ds) / "data_docs" / "index.html"),
+    }
     return summary
 
 

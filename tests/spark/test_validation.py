@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,7 +71,7 @@ def test_corrupt_snapshot_fails_naming_table_expectation_counts_and_rows(spark, 
     assert "'item_idx': 9" in message  # a sample offending row
     assert "expect_column_values_to_be_between(column=event_ts" in message
     assert "exactly one test and one valid row" in message  # user 1 now has a test row but no valid row
-    result = json.loads(open(err.value.report_path).read())
+    result = json.loads(Path(err.value.report_path).read_text())
     assert result["success"] is False
 
 
