@@ -139,19 +139,22 @@ class GnnConfig:
     lr: float = 1e-3
     l2: float = 1e-4  # L2 on the ego embeddings of the batch
     batch_size: int = 2048
-    max_epochs: int = 300
-    patience: int = 20  # epochs without a better validation NDCG@20 before stopping
+    max_epochs: int = 1000  # LightGCN at lr 1e-3 needs hundreds of epochs (LastFM peaks after ~400)
+    patience: int = 50  # epochs without a better validation NDCG@20 before stopping (validation is noisy)
     eval_every: int = 5  # epochs between validation evaluations
     output: str = "propagated"  # which embeddings later stages use: propagated (mean of layers) or ego
     init_std: float = 0.1  # std of the normal initialisation of the ego tables
     eval_batch_size: int = 2048  # users scored at once in the validation evaluations during training
     threads: int = 0  # CPU threads for the sparse graph products (0 = all cores); ignored on a GPU
+    refresh_every: int = 1  # 1 = exact; k > 1: approximate, layers 2..L cached for k batches (models/lightgcn.py)
 
     def __post_init__(self) -> None:
         _one_of("gnn.output", self.output, GNN_OUTPUTS)
         _check_bpr_section("gnn", self)
-        if self.layers < 0:
-            raise ConfigError(f"gnn.layers must be >= 0, got {self.layers}")
+        if self.layers < 0 or self.refresh_every < 1:
+            raise ConfigError(
+                f"gnn.layers must be >= 0 and gnn.refresh_every >= 1, got {self.layers} and {self.refresh_every}"
+            )
 
 
 GNN_OUTPUTS = ("propagated", "ego")
@@ -231,9 +234,10 @@ class TokenizerConfig:
     beta: float = 0.25  # weight of the commitment term
     lr: float = 1e-3  # Adam learning rate
     batch_size: int = 512  # entities per gradient step
-    epochs: int = 50  # passes over all entities (kmeans: unused); recon error flattens by ~20 on Beauty-size data
+    epochs: int = 0  # passes over all entities; 0 = as many as `steps` needs (kmeans: unused)
+    steps: int = 3000  # gradient-step budget when epochs is 0: small catalogs get more passes, large ones fewer
     kmeans_init: bool = True  # initialise every codebook by k-means on the encoder outputs before training
-    kmeans_iters: int = 25  # Lloyd iterations of that k-means (and of the kmeans tokenizer)
+    kmeans_iters: int = 10  # Lloyd iterations of that k-means and of the kmeans tokenizer (an init needs few)
     reseed_dead: bool = True  # move codewords chosen by no entity in an epoch onto random encoder outputs
     reseed_until: float = 0.8  # ... only during this first fraction of the epochs, so that the last ones settle
     disambiguate: bool = False  # opt-in: append a level numbering entities that share a K-tuple (TIGER-style)
@@ -241,7 +245,7 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         _one_of("tokenizer.kind", self.kind, TOKENIZER_KINDS)
-        for name in ("codebooks", "code_dim", "hidden_dim", "batch_size"):
+        for name in ("codebooks", "code_dim", "hidden_dim", "batch_size", "steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tokenizer.{name} must be >= 1, got {getattr(self, name)}")
         if self.codebook_size < 2:
@@ -273,6 +277,8 @@ POOLINGS = ("auto", "mean", "last", "cls")
 TOKEN_INITS = ("mean", "codeword", "random")
 HISTORY_STYLES = ("paper", "compact")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
+LLM_PRECISIONS = ("auto", "bf16", "fp32")
+PROMPT_VARIANTS = ("full", "id_only", "unseen_prompt")  # history prompt, ID-only, held-out template
 
 
 @dataclass
@@ -294,9 +300,51 @@ class LlmConfig:
     token_init_noise: float = 0.1  # mean: noise std relative to the per-dimension std of existing embeddings
     history_len: int = 50  # H: the most recent training items in a history prompt, in time order
     history_style: str = "paper"  # paper ("item_<v1-4><v2-9>, item_...") or compact ("<v1-4><v2-9><v1-...")
+    # --- LLM4Rec: projection, loss and training (tokenrec/models/llm4rec.py, tokenrec/training/llm.py)
+    proj_hidden: int = 512  # hidden width of the projection MLP: backbone hidden -> proj_hidden -> gnn.dim
+    proj_dropout: float = 0.1  # dropout inside the projection MLP while training
+    id_only_share: float = 0.2  # share of training prompts written with the ID-only template (1 = the
+    # ID-only ablation, then validation uses ID-only prompts too; 0 = history prompts only)
+    num_negatives: int = 1  # uniform negatives per sample, drawn outside the user's training items (0 = none)
+    in_batch_negatives: bool = False  # also use the other targets of the (per-process) batch as negatives
+    margin: float = 0.0  # gamma of the negative term max(0, cos(z, q_neg) - gamma)
+    lr: float = 5e-5  # AdamW learning rate of the backbone's own weights (the paper's)
+    head_lr: float = 1e-3  # AdamW learning rate of the projection and the new ID-token embeddings
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (all groups)
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps
+    batch_size: int = 32  # samples per micro-batch and process
+    grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum * ranks)
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    precision: str = "auto"  # auto (bf16 autocast on a GPU that supports it, else fp32), bf16, fp32
+    max_epochs: int = 10
+    patience: int = 2  # validations without a better validation NDCG@20 before stopping
+    eval_every: int = 1  # epochs between validations (model selection on validation NDCG@20 only)
+    samples_per_user: int = 0  # training samples drawn per user and epoch, re-drawn each epoch (0 = all)
+    eval_batch_size: int = 128  # prompts per forward pass in validation, evaluation and inference
+    checkpoint_steps: int = 0  # also checkpoint every this many optimizer steps inside an epoch (0 = off)
+    report_variants: list[str] = field(default_factory=lambda: ["full"])  # prompt variants that train-llm
+    # scores on valid and test into llm/metrics.json: full, id_only, unseen_prompt (evaluate scores all)
 
     def __post_init__(self) -> None:
         _one_of("llm.architecture", self.architecture, BACKBONE_ARCHITECTURES)
+        _one_of("llm.precision", self.precision, LLM_PRECISIONS)
+        for variant in self.report_variants:
+            _one_of("llm.report_variants", variant, PROMPT_VARIANTS)
+        for name in ("proj_hidden", "batch_size", "grad_accum", "max_epochs", "patience", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"llm.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_negatives", "warmup_steps", "samples_per_user", "checkpoint_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"llm.{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_batch_size < 1 or self.lr <= 0.0 or self.head_lr <= 0.0:
+            raise ConfigError("llm.eval_batch_size must be >= 1 and llm.lr, llm.head_lr > 0")
+        if not 0.0 <= self.id_only_share <= 1.0 or not 0.0 <= self.proj_dropout < 1.0:
+            raise ConfigError(
+                f"llm.id_only_share must lie in [0, 1] and llm.proj_dropout in [0, 1), got "
+                f"{self.id_only_share}, {self.proj_dropout}"
+            )
+        if self.weight_decay < 0.0 or self.max_grad_norm < 0.0:
+            raise ConfigError("llm.weight_decay and llm.max_grad_norm must be >= 0")
         _one_of("llm.pooling", self.pooling, POOLINGS)
         _one_of("llm.token_init", self.token_init, TOKEN_INITS)
         _one_of("llm.history_style", self.history_style, HISTORY_STYLES)
@@ -337,6 +385,39 @@ class RetrievalConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """MLflow tracking, the model registry and the promotion gate (:mod:`tokenrec.registry`).
+
+    Empty locations mean local files under ``paths.home``; a deployment points ``tracking_uri`` at a tracking
+    server (or sets ``MLFLOW_TRACKING_URI``) and ``artifact_location`` at an object store.
+    """
+
+    enabled: bool = True  # false makes log_stage a no-op (register and promote always use MLflow)
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI if set, else sqlite:///<paths.home>/mlflow/mlflow.db
+    artifact_location: str = ""  # new experiment's artifact root; "" = <paths.home>/mlflow/artifacts
+    experiment: str = "tokenrec"  # experiment holding one parent run per retrain and one child run per stage
+    registered_model: str = "tokenrec"  # registered model name; versions carry the aliases champion/challenger
+    gated_model: str = "tokenrec"  # model of eval/metrics.json whose metrics the promotion gate compares
+    gated_metrics: list[str] = field(default_factory=lambda: ["valid.NDCG@20", "valid.HR@20"])
+    # ^ metrics of gated_model, higher is better, each must clear the margin; never gate on test metrics
+    min_abs_improvement: float = 0.0  # required = champion + max(min_abs_improvement, min_rel * |champion|)
+    min_rel_improvement: float = 0.0  # relative margin, e.g. 0.01 = challenger must beat champion by 1 %
+    artifact_exclude: list[str] = field(default_factory=lambda: ["checkpoints"])  # top-level names of a stage
+    # folder not uploaded as artifacts (resume state, not results); [] uploads the whole folder
+
+    def __post_init__(self) -> None:
+        if not self.experiment or not self.registered_model or not self.gated_model:
+            raise ConfigError("mlflow.experiment, mlflow.registered_model and mlflow.gated_model must be set")
+        if not self.gated_metrics:
+            raise ConfigError("mlflow.gated_metrics must name at least one metric, e.g. valid.NDCG@20")
+        if self.min_abs_improvement < 0.0 or self.min_rel_improvement < 0.0:
+            raise ConfigError(
+                "mlflow.min_abs_improvement and mlflow.min_rel_improvement must be >= 0, got "
+                f"{self.min_abs_improvement} and {self.min_rel_improvement}"
+            )
+
+
+@dataclass
 class Config:
     """The whole pipeline's configuration."""
 
@@ -353,6 +434,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

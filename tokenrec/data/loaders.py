@@ -87,32 +87,38 @@ def list_source_files(path: str, ds: dt.date | None = None) -> list[str]:
 
 
 def _read_lines(spark: SparkSession, files: list[str]) -> DataFrame:
-    """(source_file, line_no, value): one row per physical line, numbered from 1 within each file."""
-    from pyspark.sql import Window
+    """(source_file, line_no, value): one row per physical line, numbered from 1 within each file.
+
+    Line numbers are computed like ``zipWithIndex``, without sorting a whole file in one task: each file block
+    (a split Spark reads in parallel) is counted once, the driver turns the counts into per-block offsets, and
+    a row's number is its block's offset plus its position within the block. Empty files fail here.
+    """
     from pyspark.sql import functions as F
 
-    lines = spark.read.text(files).select(
+    raw = spark.read.text(files).select(
         F.col("_metadata.file_path").alias(schema.SOURCE_FILE),
+        F.col("_metadata.file_block_start").alias("_block"),
         F.monotonically_increasing_id().alias("_pos"),
         F.col(VALUE),
     )
-    order = Window.partitionBy(schema.SOURCE_FILE).orderBy("_pos")
-    return lines.select(
-        schema.SOURCE_FILE, F.row_number().over(order).cast("bigint").alias(schema.LINE_NO), VALUE
-    )
-
-
-def _check_not_empty(lines: DataFrame, files: list[str]) -> None:
-    from pyspark.sql import functions as F
-
-    counts = {
-        r[schema.SOURCE_FILE]: r["n"]
-        for r in lines.groupBy(schema.SOURCE_FILE).agg(F.count("*").alias("n")).collect()
-    }
-    seen = {_local(p) for p in counts}
+    blocks = raw.groupBy(schema.SOURCE_FILE, "_block").agg(F.count("*").alias("n"), F.min("_pos").alias("_first"))
+    offsets, seen, running = [], set(), {}
+    for row in sorted(blocks.collect(), key=lambda r: (r[schema.SOURCE_FILE], r["_block"])):
+        file = row[schema.SOURCE_FILE]
+        offsets.append((file, row["_block"], row["_first"], running.get(file, 0)))
+        running[file] = running.get(file, 0) + row["n"]
+        seen.add(_local(file))
     for file in files:
         if "://" not in file and _local(file) not in seen:
             raise InputError(file, "the file is empty", "check the export that produced it, or remove it")
+    offset_df = spark.createDataFrame(
+        offsets, f"{schema.SOURCE_FILE} STRING, _block BIGINT, _first BIGINT, _offset BIGINT"
+    )
+    return raw.join(F.broadcast(offset_df), [schema.SOURCE_FILE, "_block"]).select(
+        schema.SOURCE_FILE,
+        (F.col("_offset") + F.col("_pos") - F.col("_first") + 1).alias(schema.LINE_NO),
+        VALUE,
+    )
 
 
 def _local(path: str) -> str:
@@ -223,7 +229,6 @@ def _split_format(
     from pyspark.sql import functions as F
 
     lines = _read_lines(spark, files)
-    _check_not_empty(lines, files)
     if header:
         fields = _header_fields(lines, files, sep_regex, sep_name)
         lines = lines.where(F.col(schema.LINE_NO) > 1)
@@ -282,7 +287,6 @@ def _user_sequence(spark: SparkSession, source: SourceConfig, files: list[str]) 
     from pyspark.sql import functions as F
 
     lines = _read_lines(spark, files)
-    _check_not_empty(lines, files)
     value = F.col(VALUE)
     tokens = F.split(F.trim(value), r"\s+", -1)
     checks = [
@@ -318,7 +322,6 @@ def _csv(spark: SparkSession, source: SourceConfig, files: list[str]) -> ParsedS
     from pyspark.sql import functions as F
 
     lines = _read_lines(spark, files)
-    _check_not_empty(lines, files)
     cols = _named_columns(source)
     if source.header:
         headers = {r[schema.SOURCE_FILE]: r[VALUE] for r in lines.where(F.col(schema.LINE_NO) == 1).collect()}
@@ -359,7 +362,6 @@ def _jsonl(spark: SparkSession, source: SourceConfig, files: list[str]) -> Parse
     from pyspark.sql import functions as F
 
     lines = _read_lines(spark, files)
-    _check_not_empty(lines, files)
     cols = _named_columns(source)
     ddl = ", ".join(f"`{name}` STRING" for name in cols.values()) + f", `{CORRUPT}` STRING"
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
@@ -385,7 +387,6 @@ def _finish_named(
 
 
 def _parquet(spark: SparkSession, source: SourceConfig, files: list[str]) -> ParsedSource:
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     try:
@@ -402,12 +403,10 @@ def _parquet(spark: SparkSession, source: SourceConfig, files: list[str]) -> Par
     time_type = dict(df.dtypes)[cols["time"]]
     rows = df.select(
         F.col("_metadata.file_path").alias(schema.SOURCE_FILE),
-        F.monotonically_increasing_id().alias("_pos"),
+        (F.col("_metadata.row_index") + 1).alias(schema.LINE_NO),  # row number within its Parquet file
         F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns])).alias(VALUE),
         *[F.col(f"`{name}`").alias(f"_{role}") for role, name in cols.items()],
     )
-    order = Window.partitionBy(schema.SOURCE_FILE).orderBy("_pos")
-    rows = rows.withColumn(schema.LINE_NO, F.row_number().over(order).cast("bigint"))
     if time_type.startswith("timestamp"):
         ts = F.col("_time").cast("timestamp")
         time_checks = [(F.col("_time").isNull(), f"{cols['time']}: missing")]
