@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "validate-interactions": "Great Expectations gate on the interactions snapshot",
     "train-gnn": "train LightGCN on the snapshot's training split",
     "train-tokenizer": "train the user and item MQ-Tokenizers on the GNN embeddings",
+    "train-llm": "fine-tune the LLM backbone + projection on prompts with the ID tokens (LLM4Rec)",
     "evaluate": "HR/NDCG@10/20/30 of TokenRec and the baselines on validation and test",
     "run": "the whole pipeline without Airflow (what is built so far)",
 }
@@ -95,12 +96,20 @@ def stage_validate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return validate_interactions(get_spark(cfg.spark), cfg, args.ds)
 
 
-def _task(module: str) -> Callable[[Config, argparse.Namespace], dict[str, Any]]:
+def _task(module: str, stage: str, folder: str) -> Callable[[Config, argparse.Namespace], dict[str, Any]]:
+    """A training/evaluation stage: run ``tokenrec.tasks.<module>``, then log ``run_dir/<folder>`` to MLflow."""
+
     def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         import importlib
 
         task = importlib.import_module(f"tokenrec.tasks.{module}")
-        return task.run(cfg, _snapshot(cfg, args.ds), _run_dir(cfg, args))
+        snapshot, run_dir = _snapshot(cfg, args.ds), _run_dir(cfg, args)
+        summary = task.run(cfg, snapshot, run_dir)
+        if cfg.mlflow.enabled:
+            from tokenrec.registry import log_stage
+
+            summary["mlflow_run_id"] = log_stage(cfg, run_dir.name, stage, run_dir / folder, snapshot)
+        return summary
 
     return run
 
@@ -127,9 +136,10 @@ def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
     "etl": stage_etl,
     "validate-interactions": stage_validate,
-    "train-gnn": _task("train_gnn"),
-    "train-tokenizer": _task("train_tokenizer"),
-    "evaluate": _task("evaluate"),
+    "train-gnn": _task("train_gnn", "train-gnn", "gnn"),
+    "train-tokenizer": _task("train_tokenizer", "train-tokenizer", "tokenizer"),
+    "train-llm": _task("train_llm", "train-llm", "llm"),
+    "evaluate": _task("evaluate", "evaluate", "eval"),
     "run": stage_run,
 }
 

@@ -140,7 +140,7 @@ class GnnConfig:
     l2: float = 1e-4  # L2 on the ego embeddings of the batch
     batch_size: int = 2048
     max_epochs: int = 1000  # LightGCN at lr 1e-3 needs hundreds of epochs (LastFM peaks after ~400)
-    patience: int = 50  # epochs without a better validation NDCG@20 before stopping (validation is noisy)
+    patience: int = 100  # epochs without a better validation NDCG@20 before stopping (noisy on small data)
     eval_every: int = 5  # epochs between validation evaluations
     output: str = "propagated"  # which embeddings later stages use: propagated (mean of layers) or ego
     init_std: float = 0.1  # std of the normal initialisation of the ego tables
@@ -190,9 +190,10 @@ class SasRecConfig:
     lr: float = 1e-3  # Adam learning rate
     batch_size: int = 128  # user sequences per step
     max_epochs: int = 200
-    patience: int = 10  # epochs without a better validation NDCG@20 before stopping
+    patience: int = 20  # epochs without a better validation NDCG@20 before stopping
     eval_every: int = 1  # epochs between validation evaluations
     eval_batch_size: int = 1024  # users scored at once in validation evaluations
+    threads: int = 1  # torch CPU threads while training (0 = leave as is); 1 is fastest for this small model
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
