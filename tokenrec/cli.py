@@ -31,6 +31,9 @@ STAGES: dict[str, str] = {
     "evaluate": "HR/NDCG@10/20/30 of TokenRec and the baselines on validation and test",
     "run": "the whole pipeline without Airflow (what is built so far)",
 }
+OTHER_COMMANDS = {
+    "sql": "analyst queries over the lake: `tokenrec sql --list`, `tokenrec sql NAME --ds D` (docs/ANALYTICS.md)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="tokenrec",
         description="TokenRec offline batch recommendation pipeline.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="stages:\n" + "\n".join(f"  {name:<24}{text}" for name, text in STAGES.items()),
+        epilog="stages:\n" + "\n".join(f"  {name:<24}{text}" for name, text in STAGES.items())
+        + "\n\nother commands:\n" + "\n".join(f"  {name:<24}{text}" for name, text in OTHER_COMMANDS.items()),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -145,6 +149,11 @@ HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sql"]:
+        from tokenrec.analytics import main as sql_main
+
+        return sql_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
