@@ -385,6 +385,36 @@ class RetrievalConfig:
             raise ConfigError(f"retrieval.ivf_nlist must be >= 0 (0 = automatic), got {self.ivf_nlist}")
 
 
+MODEL_VERSION_POLICIES = ("recorded", "alias")
+
+
+@dataclass
+class InferenceConfig:
+    """Nightly batch inference (tokenrec/inference.py) and its output gate (validate_recommendations)."""
+
+    topk: int = 100  # K, recommendations per user (fewer only for a user with fewer unseen items)
+    user_batch_size: int = 2048  # users per streamed batch: prompts, forward passes, retrieval, one row group
+    model_alias: str = "champion"  # registry alias resolved once per run when no version is recorded for the date
+    rerun_model: str = "recorded"  # recorded: a rerun of a date that has a staged or published output reuses
+    # the model version recorded in its manifest (R7, identical rows); alias: resolve model_alias again
+    min_user_coverage: float = 1.0  # gate: users with recommendations / users with >= 1 interaction
+    sample_rows: int = 5  # offending rows quoted in a failed gate's message
+
+    def __post_init__(self) -> None:
+        _one_of("inference.rerun_model", self.rerun_model, MODEL_VERSION_POLICIES)
+        if not 1 <= self.topk <= 32767:  # ranks are int16 in the output contract
+            raise ConfigError(f"inference.topk must lie in 1..32767, got {self.topk}")
+        if self.user_batch_size < 1 or self.sample_rows < 0:
+            raise ConfigError(
+                f"inference.user_batch_size must be >= 1 and inference.sample_rows >= 0, got "
+                f"{self.user_batch_size} and {self.sample_rows}"
+            )
+        if not 0.0 <= self.min_user_coverage <= 1.0:
+            raise ConfigError(f"inference.min_user_coverage must lie in [0, 1], got {self.min_user_coverage}")
+        if not self.model_alias:
+            raise ConfigError("inference.model_alias must name a registry alias, e.g. champion")
+
+
 @dataclass
 class MlflowConfig:
     """MLflow tracking, the model registry and the promotion gate (:mod:`tokenrec.registry`).
@@ -436,6 +466,7 @@ class Config:
     llm: LlmConfig = field(default_factory=LlmConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

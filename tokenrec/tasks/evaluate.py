@@ -1,0 +1,148 @@
+"""Stage ``evaluate``: every model in ``cfg.eval.baselines`` on the same split, one ``metrics.json``.
+
+The protocol is PAPER.md section 5: leave-one-out by time, full ranking over all items, a user's training items
+excluded when scoring validation and training + validation items when scoring test, HR@K and NDCG@K for
+``cfg.eval.ks``, each model selected on validation only. Output, ``run_dir/eval/metrics.json``::
+
+    {"mostpop": {"valid": {"HR@10": ..., "NDCG@10": ..., ...}, "test": {...}}, "mf": {...}, ...,
+     "dataset": "ml100k", "protocol": {...}}
+
+Models come from :data:`REGISTRY`, a mapping name -> builder ``(cfg, data, run_dir) -> ranker`` where a ranker
+is a :class:`tokenrec.evaluation.ScoreRanker` or :class:`tokenrec.evaluation.TopKRanker`. Built in:
+``mostpop``; ``mf`` and ``sasrec`` (trained here, checkpoints under ``run_dir/eval/<name>/``); ``lightgcn``
+(the propagated embeddings of ``run_dir/gnn``) and ``lightgcn_ego`` (its layer-0 tables). Another module adds
+a model with ``@register("tokenrec")`` and lists the name in ``eval.baselines``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tokenrec.config import Config, save_config
+from tokenrec.data.interactions import InteractionData
+from tokenrec.errors import ConfigError, InputError
+from tokenrec.evaluation import EmbeddingRanker, ScoreRanker, TopKRanker, evaluate_valid_test
+from tokenrec.models.mf import MatrixFactorization
+from tokenrec.models.mostpop import MostPopular
+from tokenrec.storage import atomic_write_json
+from tokenrec.tasks import train_gnn
+from tokenrec.tasks.train_gnn import load_embeddings
+from tokenrec.training.device import seed_everything
+from tokenrec.training.gnn import train_bpr
+from tokenrec.training.sasrec import SequenceRanker, build_sasrec, train_sasrec
+
+log = logging.getLogger(__name__)
+
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+
+RankerBuilder = Callable[[Config, InteractionData, Path], ScoreRanker | TopKRanker]
+REGISTRY: dict[str, RankerBuilder] = {}
+
+
+def register(name: str) -> Callable[[RankerBuilder], RankerBuilder]:
+    """Decorator adding a ranker builder under ``name`` (a later registration replaces an earlier one)."""
+
+    def add(builder: RankerBuilder) -> RankerBuilder:
+        REGISTRY[name] = builder
+        return builder
+
+    return add
+
+
+def protocol(cfg: Config) -> dict[str, Any]:
+    """How the numbers were obtained, stored next to them."""
+    return {
+        "split": cfg.etl.split,
+        "ranking": "full (all items)",
+        "exclude_valid": "the user's training items",
+        "exclude_test": "the user's training and validation items",
+        "ties": "higher score first, then lower item index",
+        "ks": list(cfg.eval.ks),
+        "selection": "validation NDCG@20",
+    }
+
+
+def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
+    """Build, and where needed train, every model of ``cfg.eval.baselines``; write ``run_dir/eval/metrics.json``.
+
+    Args:
+        cfg: the resolved configuration.
+        snapshot: the interactions snapshot folder.
+        run_dir: the run folder (``gnn/`` is read for ``lightgcn``).
+
+    Returns:
+        A summary: the metrics file and each model's test metrics.
+
+    Raises:
+        ConfigError: a name in ``eval.baselines`` is not registered.
+    """
+    unknown = [name for name in cfg.eval.baselines if name not in REGISTRY]
+    if unknown:
+        raise ConfigError(
+            f"eval.baselines names unknown models {unknown}; registered: {', '.join(sorted(REGISTRY))}"
+        )
+    run_dir = Path(run_dir)
+    out = run_dir / EVAL_DIR
+    save_config(cfg, out)
+    data = InteractionData.load(snapshot)
+    results: dict[str, Any] = {}
+    for name in cfg.eval.baselines:
+        log.info("evaluate: building %s", name)
+        ranker = REGISTRY[name](cfg, data, run_dir)
+        results[name] = evaluate_valid_test(
+            data, ranker, cfg.eval.ks, cfg.eval.batch_size, cfg.train.progress
+        )
+        log.info("evaluate %s: valid %s, test %s", name, results[name]["valid"], results[name]["test"])
+    document = {**results, "dataset": data.name, "protocol": protocol(cfg)}
+    path = atomic_write_json(out / METRICS_FILE, document)
+    return {"metrics": str(path), "test": {name: results[name]["test"] for name in results}}
+
+
+@register("mostpop")
+def _mostpop(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
+    return MostPopular(data.item_popularity())
+
+
+@register("mf")
+def _mf(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
+    seed_everything(cfg.train.seed)
+    model = MatrixFactorization(data.n_users, data.n_items, cfg.mf.dim, cfg.mf.init_std)
+    train_bpr(model, data, cfg.mf, cfg.train, cfg.eval.ks, run_dir / EVAL_DIR / "mf", name="mf")
+    return EmbeddingRanker(*model.propagate())
+
+
+@register("sasrec")
+def _sasrec(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
+    seed_everything(cfg.train.seed)
+    model = build_sasrec(data, cfg.sasrec)
+    train_sasrec(
+        model, data, cfg.sasrec, cfg.train, cfg.eval.ks, run_dir / EVAL_DIR / "sasrec", name="sasrec"
+    )
+    return SequenceRanker(model, data, cfg.sasrec.max_len)
+
+
+@register("lightgcn")
+def _lightgcn(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
+    return _gnn_ranker(data, run_dir, "user", "item")
+
+
+@register("lightgcn_ego")
+def _lightgcn_ego(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
+    return _gnn_ranker(data, run_dir, "user_ego", "item_ego")
+
+
+def _gnn_ranker(data: InteractionData, run_dir: Path, user_key: str, item_key: str) -> ScoreRanker:
+    tensors = load_embeddings(run_dir)
+    users, items = tensors[user_key], tensors[item_key]
+    if users.shape[0] != data.n_users or items.shape[0] != data.n_items:
+        raise InputError(
+            Path(run_dir) / train_gnn.GNN_DIR,
+            f"embeddings cover {users.shape[0]} users and {items.shape[0]} items, the snapshot "
+            f"{data.n_users} and {data.n_items}",
+            "Run `tokenrec train-gnn` on this snapshot into this run folder first.",
+        )
+    return EmbeddingRanker(users, items)

@@ -1,0 +1,114 @@
+"""Stage ``train-gnn``: interactions snapshot -> LightGCN user and item embeddings (PAPER.md section 2, step 0).
+
+Trains LightGCN on the snapshot's training edges (``cfg.gnn``), selects the epoch with the best validation
+NDCG@20, and writes into ``run_dir/gnn/``:
+
+- ``embeddings.safetensors``: float32 ``user_ego`` (n_users, d), ``item_ego`` (n_items, d) and the propagated
+  ``user`` (n_users, d), ``item`` (n_items, d) (mean of the layer outputs), of the selected weights;
+- ``metrics.json``: validation and test HR/NDCG@K of the propagated embeddings (the LightGCN model) and,
+  under ``ego``, of the layer-0 tables, plus the selected epoch and timings;
+- ``history.json``: one record per epoch (loss, L2 term, seconds, validation metrics when evaluated);
+- ``checkpoints/``: a rerun after a kill resumes from the last complete one;
+- ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from tokenrec.config import Config, GnnConfig, save_config
+from tokenrec.data.interactions import InteractionData
+from tokenrec.errors import InputError
+from tokenrec.evaluation import EmbeddingRanker, evaluate_valid_test
+from tokenrec.models.lightgcn import LightGCN, normalized_adjacency
+from tokenrec.storage import atomic_write_bytes, atomic_write_json
+from tokenrec.training.device import cpu_threads, seed_everything
+from tokenrec.training.gnn import train_bpr
+
+log = logging.getLogger(__name__)
+
+GNN_DIR = "gnn"
+EMBEDDINGS_FILE = "embeddings.safetensors"
+TENSORS = ("user_ego", "item_ego", "user", "item")
+
+
+def build_lightgcn(data: InteractionData, cfg: GnnConfig) -> LightGCN:
+    """A fresh LightGCN over ``data``'s training graph."""
+    users, items = data.train_pairs
+    graph = normalized_adjacency(users, items, data.n_users, data.n_items)
+    threads = cfg.threads or cpu_threads()
+    return LightGCN(
+        data.n_users, data.n_items, cfg.dim, cfg.layers, graph, cfg.init_std, threads, cfg.refresh_every
+    )
+
+
+def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
+    """Train LightGCN on ``snapshot`` and write its artifacts under ``run_dir/gnn``.
+
+    Args:
+        cfg: the resolved configuration (``gnn``, ``train`` and ``eval`` are used).
+        snapshot: the interactions snapshot folder (``.../interactions/snapshot_date=D``).
+        run_dir: the run folder.
+
+    Returns:
+        A summary: output folder, selected epoch, epochs trained, and the test metrics.
+    """
+    out = Path(run_dir) / GNN_DIR
+    save_config(cfg, out)
+    data = InteractionData.load(snapshot)
+    log.info("train-gnn on %s: %s", snapshot, data.summary())
+    seed_everything(cfg.train.seed)  # the initial weights are part of the run's reproducibility
+    model = build_lightgcn(data, cfg.gnn)
+    result = train_bpr(model, data, cfg.gnn, cfg.train, cfg.eval.ks, out, name="lightgcn")
+
+    user_ego, item_ego = model.ego_tables()
+    user, item = model.propagate()
+    tensors = {"user_ego": user_ego, "item_ego": item_ego, "user": user, "item": item}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(out / EMBEDDINGS_FILE, save(tensors))
+
+    ks, batch, progress = cfg.eval.ks, cfg.eval.batch_size, cfg.train.progress
+    scores = evaluate_valid_test(data, EmbeddingRanker(tensors["user"], tensors["item"]), ks, batch, progress)
+    ego = evaluate_valid_test(
+        data, EmbeddingRanker(tensors["user_ego"], tensors["item_ego"]), ks, batch, progress
+    )
+    trained = [h for h in result.history if "seconds" in h]
+    metrics = {
+        **scores,
+        "ego": ego,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "seconds_per_epoch": sum(h["seconds"] for h in trained) / max(1, len(trained)),
+        "dataset": data.name,
+        "summary": data.summary(),
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    log.info("train-gnn: best epoch %d of %d, test %s", result.best_epoch, result.epochs, scores["test"])
+    return {"out": str(out), "best_epoch": result.best_epoch, "epochs": result.epochs, "test": scores["test"]}
+
+
+def load_embeddings(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The four tensors of ``run_dir/gnn/embeddings.safetensors``.
+
+    Raises:
+        InputError: the file is missing, unreadable or lacks a tensor.
+    """
+    path = Path(run_dir) / GNN_DIR / EMBEDDINGS_FILE
+    if not path.is_file():
+        raise InputError(path, "GNN embeddings not found", "Run `tokenrec train-gnn` for this run first.")
+    try:
+        tensors = load(path.read_bytes())
+    except SafetensorError as exc:
+        raise InputError(
+            path, f"cannot read the GNN embeddings ({exc})", "Rerun `tokenrec train-gnn`."
+        ) from exc
+    missing = [name for name in TENSORS if name not in tensors]
+    if missing:
+        raise InputError(path, f"tensors {missing} are missing", "Rerun `tokenrec train-gnn`.")
+    return tensors

@@ -1,0 +1,299 @@
+"""TokenRec inference: prompts for users -> LLM4Rec -> preference vectors -> top-K items from the item index.
+
+TokenRec (Qu et al., arXiv 2406.10450), generative retrieval: one forward pass of the fine-tuned backbone per
+user and one cosine search over the GNN item embeddings; no decoding. Used by model selection during training,
+by the ``evaluate`` stage and by batch inference.
+
+Prompt variants (PAPER.md sections 2 and 5):
+    ``full``           the history prompt (the user's H most recent items, time order) in the paper's wording;
+    ``id_only``        the user-ID-only prompt;
+    ``unseen_prompt``  the history prompt in a wording that training never used.
+
+Speed: prompts are sorted by length before batching, so a batch pads to nearly its own length (dynamic
+padding, never to a fixed 512); the forward passes run under ``inference_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load as load_tensors
+from tqdm.auto import tqdm
+
+from tokenrec import metrics
+from tokenrec.backbone import add_id_tokens, load_backbone
+from tokenrec.config import PROMPT_VARIANTS, Config, LlmConfig, RetrievalConfig
+from tokenrec.data.interactions import InteractionData
+from tokenrec.errors import ConfigError, InputError
+from tokenrec.evaluation import SeenItems, evaluate_split
+from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.prompts import build_prompts, history_codes, tokenize_prompts
+from tokenrec.retrieval import ItemIndex
+from tokenrec.storage import read_json
+
+log = logging.getLogger(__name__)
+
+LLM_DIR = "llm"
+BACKBONE_DIR = "backbone"
+PROJECTION_FILE = "projection.safetensors"
+MANIFEST_FILE = "llm.json"
+TOKENS_FILE = Path("tokenizer") / "tokens.safetensors"
+# evaluation model name -> prompt variant (DESIGN.md, "Machine-readable results")
+EVAL_MODELS = {"tokenrec": "full", "tokenrec_id_only": "id_only", "tokenrec_unseen_prompt": "unseen_prompt"}
+PROMPT_MODE = {"full": "eval", "id_only": "eval", "unseen_prompt": "unseen"}
+
+
+def variant_prompts(
+    variant: str,
+    user_codes: np.ndarray,
+    histories: Sequence[np.ndarray],
+    style: str = "paper",
+) -> list[str]:
+    """The evaluation prompts of ``variant`` for users with ``user_codes`` ``(B, K)`` and item-code histories."""
+    if variant not in PROMPT_VARIANTS:
+        raise ConfigError(f"prompt variant must be one of {', '.join(PROMPT_VARIANTS)}, got {variant!r}")
+    shown = None if variant == "id_only" else histories
+    return build_prompts(user_codes, shown, mode=PROMPT_MODE[variant], style=style)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type, or nothing (fp32) when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class TokenRecScorer:
+    """A trained LLM4Rec with its token tables and item index: users -> vectors -> top-K items.
+
+    Args:
+        model: the trained model, on ``device`` (each pass runs in eval mode and restores the mode after).
+        user_codes: ``(n_users, K)`` int tokens of every user.
+        item_codes: ``(n_items, K)`` int tokens of every item.
+        item_vectors: ``(n_items, d)`` GNN item embeddings, the retrieval targets.
+        history_len: H, items shown in a history prompt.
+        history_style: ``paper`` or ``compact``.
+        batch_size: prompts per forward pass.
+        device: where the model runs; default: where its parameters are.
+        retrieval: index settings (exact ``flat`` by default).
+        amp_dtype: optional autocast dtype for the forward passes (bf16 on a GPU).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        model: LLM4Rec,
+        user_codes: np.ndarray,
+        item_codes: np.ndarray,
+        item_vectors: np.ndarray,
+        history_len: int,
+        history_style: str = "paper",
+        batch_size: int = 128,
+        device: torch.device | None = None,
+        retrieval: RetrievalConfig | None = None,
+        amp_dtype: torch.dtype | None = None,
+        progress: bool = False,
+    ) -> None:
+        if len(item_codes) != len(item_vectors):
+            raise ValueError(f"{len(item_codes)} item token rows but {len(item_vectors)} item vectors")
+        self.model = model
+        self.device = device or next(model.parameters()).device
+        self.user_codes = np.asarray(user_codes)
+        self.item_codes = np.asarray(item_codes)
+        self.history_len = history_len
+        self.history_style = history_style
+        self.batch_size = batch_size
+        self.amp_dtype = amp_dtype
+        self.progress = progress
+        self.index = ItemIndex.build(np.asarray(item_vectors, dtype=np.float32), retrieval)
+
+    def prompts(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> list[str]:
+        """The prompts of ``users``; ``sequences[u]`` is user u's time-ordered history (all of it)."""
+        histories = history_codes(sequences, users, self.item_codes, self.history_len)
+        return variant_prompts(variant, self.user_codes[users], histories, self.history_style)
+
+    @torch.inference_mode()
+    def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """Preference vectors ``(U, d)`` float32 of ``prompts``, batched by length."""
+        was_training = self.model.training
+        self.model.eval()
+        tokenizer = self.model.backbone.tokenizer
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        out = np.zeros((len(prompts), self.model.out_dim), dtype=np.float32)
+        multiple = 8 if self.device.type == "cuda" else None
+        starts = range(0, len(prompts), self.batch_size)
+        for start in tqdm(starts, desc="llm4rec", unit="batch", disable=not self.progress, leave=False):
+            rows = order[start : start + self.batch_size]
+            batch = tokenize_prompts(
+                tokenizer, [prompts[i] for i in rows], self.model.backbone.max_length, multiple
+            )
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with autocast(self.device, self.amp_dtype):
+                z = self.model(batch["input_ids"], batch["attention_mask"])  # (B, d)
+            out[rows] = z.float().cpu().numpy()
+        self.model.train(was_training)
+        return out
+
+    def embed(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> np.ndarray:
+        """Preference vectors ``(U, d)`` of ``users``."""
+        return self.embed_prompts(self.prompts(np.asarray(users), sequences, variant))
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        sequences: Sequence[np.ndarray],
+        k: int,
+        exclude: Sequence[np.ndarray] | None = None,
+        variant: str = "full",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, ids)`` per user, each ``(U, k)``, never one of the user's ``exclude`` items."""
+        z = self.embed(users, sequences, variant)
+        return self.index.search(z, k, exclude=exclude)
+
+    # ------------------------------------------------------------------------------------- from a run
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike[str],
+        cfg: Config,
+        device: torch.device | None = None,
+        tables: dict[str, np.ndarray] | None = None,
+    ) -> TokenRecScorer:
+        """Load the trained model of ``run_dir/llm`` with the run's token tables and GNN item embeddings.
+
+        Args:
+            run_dir: a run folder holding ``gnn/``, ``tokenizer/`` and ``llm/``.
+            cfg: settings for batching, retrieval and the device (``llm``, ``retrieval``, ``train``).
+            device: overrides ``cfg.train.device``.
+            tables: optional replacements ``user_codes``, ``item_codes``, ``item_vectors`` (e.g. extended
+                with users and items that are new since training); missing keys come from the run.
+        """
+        from tokenrec.training.device import autocast_dtype, pick_device
+
+        run_dir = Path(run_dir)
+        folder = run_dir / LLM_DIR
+        manifest_path = folder / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise InputError(manifest_path, "no trained LLM4Rec here", "Run `tokenrec train-llm` first.")
+        manifest = read_json(manifest_path)
+        device = device or pick_device(cfg.train.device)
+        found = {**load_run_tables(run_dir, manifest["item_vectors"]), **(tables or {})}
+        backbone_cfg = LlmConfig(backbone=str(folder / BACKBONE_DIR), dtype=cfg.llm.dtype)
+        backbone = load_backbone(backbone_cfg, folder)
+        add_id_tokens(backbone, manifest["levels"], manifest["codebook_size"])  # already present: no change
+        model = LLM4Rec(backbone, manifest["out_dim"], manifest["proj_hidden"])
+        model.projection.load_state_dict(load_tensors((folder / PROJECTION_FILE).read_bytes()))
+        model.to(device).eval()
+        return cls(
+            model,
+            found["user_codes"],
+            found["item_codes"],
+            found["item_vectors"],
+            manifest["history_len"],
+            manifest["history_style"],
+            cfg.llm.eval_batch_size,
+            device,
+            cfg.retrieval,
+            autocast_dtype(device, cfg.llm.precision),
+            cfg.train.progress,
+        )
+
+
+def load_run_tables(run_dir: Path, item_vectors: str = "item") -> dict[str, np.ndarray]:
+    """``user_codes`` ``(n_users, K)``, ``item_codes`` ``(n_items, K)`` and ``item_vectors`` ``(n_items, d)``.
+
+    Args:
+        run_dir: the run folder (``tokenizer/tokens.safetensors``, ``gnn/embeddings.safetensors``).
+        item_vectors: the GNN tensor to retrieve against, ``item`` (propagated) or ``item_ego``.
+
+    Raises:
+        InputError: a file is missing or the tables disagree on the number of items.
+    """
+    from tokenrec.tasks.train_gnn import load_embeddings
+
+    path = Path(run_dir) / TOKENS_FILE
+    if not path.is_file():
+        raise InputError(
+            path, "ID token table not found", "Run `tokenrec train-tokenizer` for this run first."
+        )
+    tokens = load_tensors(path.read_bytes())
+    embeddings = load_embeddings(Path(run_dir))
+    tables = {
+        "user_codes": tokens["user_codes"].numpy(),
+        "item_codes": tokens["item_codes"].numpy(),
+        "item_vectors": embeddings[item_vectors].float().numpy(),
+    }
+    if len(tables["item_codes"]) != len(tables["item_vectors"]):
+        raise InputError(
+            path,
+            f"{len(tables['item_codes'])} item token rows but {len(tables['item_vectors'])} GNN item vectors",
+            "The tokenizer and the GNN come from different runs; rerun `tokenrec train-tokenizer`.",
+        )
+    return tables
+
+
+class TokenRecRanker:
+    """:class:`tokenrec.evaluation.TopKRanker` over a snapshot: prompts show everything before the split."""
+
+    def __init__(self, scorer: TokenRecScorer, data: InteractionData, variant: str = "full") -> None:
+        self.scorer = scorer
+        self.data = data
+        self.variant = variant
+        self._sequences: dict[int, list[np.ndarray]] = {}
+
+    def sequences(self, split: int) -> list[np.ndarray]:
+        if split not in self._sequences:
+            self._sequences[split] = self.data.sequences_before(split)
+        return self._sequences[split]
+
+    def topk(self, users: np.ndarray, split: int, k: int, seen: list[np.ndarray]) -> np.ndarray:
+        _, ids = self.scorer.recommend(np.asarray(users), self.sequences(split), k, seen, self.variant)
+        return ids  # (B, k)
+
+
+def ranker_for(cfg: Config, data: InteractionData, run_dir: Path, name: str = "tokenrec") -> Any:
+    """The ranker of evaluation model ``name`` (a key of :data:`EVAL_MODELS`) for the ``evaluate`` stage."""
+    return TokenRecRanker(TokenRecScorer.from_run(run_dir, cfg), data, EVAL_MODELS[name])
+
+
+def evaluate_ranker(
+    ranker: TokenRecRanker,
+    data: InteractionData,
+    split: int,
+    ks: list[int] | tuple[int, ...],
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """HR@K / NDCG@K of ``ranker`` on ``split`` (seen items excluded), its users split across the ranks.
+
+    Args:
+        ranker: the ranker to score.
+        data: the snapshot.
+        split: ``InteractionData.VALID`` or ``InteractionData.TEST``.
+        ks: metric cut-offs.
+        batch_size: users per top-K call.
+        rank, world: this process's share of the users (data-parallel); every rank returns the same numbers,
+            because the ranks of all targets are gathered before averaging.
+    """
+    if world == 1:
+        return evaluate_split(data, ranker, split, ks, batch_size)
+    users, targets = data.targets(split)
+    seen = SeenItems(data, split)
+    mine = np.arange(rank, len(users), world)
+    found = []
+    for start in range(0, len(mine), batch_size):
+        rows = mine[start : start + batch_size]
+        lists = ranker.topk(users[rows], split, max(ks), [seen.of(u) for u in users[rows]])
+        found.append(metrics.ranks_from_topk(lists, targets[rows]))
+    local = torch.cat(found) if found else torch.zeros(0, dtype=torch.float64)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, local.numpy())
+    return metrics.metrics_from_ranks(np.concatenate(gathered), ks)

@@ -1,0 +1,437 @@
+"""Fine-tuning loop of LLM4Rec (PAPER.md section 2, "Generative retrieval"), single-process or DDP.
+
+Samples. For a user with training sequence ``s_1 .. s_n`` every ``t >= 2`` gives one sample: a prompt built from
+the user's tokens and the history ``s_{max(1, t-H)} .. s_{t-1}`` (the H most recent items before the target,
+in time order), and the target ``s_t``. A share ``llm.id_only_share`` of the samples is written with the
+ID-only template instead, and the training wording is drawn per prompt from the paraphrases of
+:mod:`tokenrec.prompts`. ``llm.samples_per_user`` optionally caps the samples a user contributes per epoch.
+Targets ``q`` are the frozen LightGCN item embeddings; negatives are uniform items outside the user's training
+items (``llm.num_negatives``) and/or the batch's other targets (``llm.in_batch_negatives``); the loss is
+:func:`tokenrec.models.llm4rec.generative_retrieval_loss`.
+
+Model selection on validation NDCG@20 only (prompt from the whole training sequence, training items excluded),
+with early stopping after ``llm.patience`` validations without improvement; the model ends with the best
+weights. Mixed precision (bf16 autocast on a GPU), gradient accumulation, clipping, warm-up, and separate
+learning rates for the backbone (``llm.lr``) and for the projection and new ID-token rows (``llm.head_lr``).
+
+Reproducibility and resume: epoch ``e``'s sample order, negatives and ID-only choices come from a generator
+seeded by ``(seed, e)``, the wording of micro-batch ``b`` from one seeded by ``(seed, e, b)``. A checkpoint
+(weights, optimizer, scheduler, position in the epoch, history, RNG state) is written atomically at the end
+of every ``train.checkpoint_every`` epochs and every ``llm.checkpoint_steps`` optimizer steps, and the best
+weights in ``best-<epoch>.pt`` whenever validation improves; a restarted run continues from the last complete
+checkpoint, on the CPU exactly where an uninterrupted run would be.
+
+Data parallelism (``torchrun``): every rank draws the same epoch plan and takes its own slice of each global
+micro-batch of ``batch_size * world`` samples (the incomplete last one is dropped), gradients are averaged by
+DDP, validation users are split across ranks, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from tokenrec.backbone import IdVocabulary
+from tokenrec.config import LlmConfig, TrainConfig
+from tokenrec.data.interactions import InteractionData
+from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
+from tokenrec.prompts import build_prompts, tokenize_prompts
+from tokenrec.storage import atomic_write_bytes, atomic_write_json
+from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
+from tokenrec.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from tokenrec.training.device import autocast_dtype
+from tokenrec.training.gnn import NegativeSampler
+from tokenrec.training.loop import SELECT_METRIC
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class LlmTrainResult:
+    best_epoch: int  # epoch whose weights the model holds (0: never validated)
+    best_valid: dict[str, float]  # validation metrics of those weights
+    epochs: int  # epochs completed, over all restarts
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+
+
+class TrainingSamples:
+    """All (user, position) samples of the training prefixes: target ``seq[p]``, history ``seq[p-H:p]``."""
+
+    def __init__(self, data: InteractionData) -> None:
+        self.sequences = data.train_sequences
+        lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
+        counts = np.maximum(lengths - 1, 0)  # positions 1 .. n-1 (0-based), i.e. t = 2 .. n
+        self.users = np.repeat(np.arange(len(lengths)), counts)  # (N,), sorted by user
+        firsts = np.cumsum(counts) - counts
+        self.positions = np.arange(counts.sum()) - np.repeat(firsts, counts) + 1  # (N,)
+        self.targets = np.concatenate([s[1:] for s in self.sequences]) if len(lengths) else self.users
+        self.sampler = NegativeSampler(*data.train_pairs, data.n_items)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def epoch_plan(self, cfg: LlmConfig, seed: int, epoch: int) -> dict[str, np.ndarray]:
+        """The shuffled samples of ``epoch`` with their negatives ``(M, n_neg)`` and ID-only flags ``(M,)``."""
+        rng = np.random.default_rng([seed, epoch])
+        chosen = np.arange(len(self))
+        if cfg.samples_per_user:
+            by_user = np.lexsort((rng.random(len(self)), self.users))  # random order inside each user
+            first = np.searchsorted(self.users, self.users[by_user])  # index of the user's first sample
+            chosen = np.sort(by_user[np.arange(len(self)) - first < cfg.samples_per_user])
+        order = chosen[rng.permutation(len(chosen))]
+        users = self.users[order]
+        negatives = self.sampler.sample(np.repeat(users, cfg.num_negatives), rng)
+        return {
+            "sample": order,
+            "negatives": negatives.reshape(len(order), cfg.num_negatives),
+            "id_only": rng.random(len(order)) < cfg.id_only_share,
+        }
+
+
+def prompts_for(
+    samples: TrainingSamples,
+    rows: np.ndarray,
+    id_only: np.ndarray,
+    user_codes: np.ndarray,
+    item_codes: np.ndarray,
+    cfg: LlmConfig,
+    rng: np.random.Generator,
+) -> list[str]:
+    """Training prompts of sample indices ``rows``; ``id_only[i]`` drops the history of row i."""
+    histories = []
+    for row, no_history in zip(rows, id_only, strict=True):
+        position = samples.positions[row]
+        items = samples.sequences[samples.users[row]][max(0, position - cfg.history_len) : position]
+        histories.append(item_codes[items[:0] if no_history else items])
+    return build_prompts(user_codes[samples.users[rows]], histories, "train", rng, cfg.history_style)
+
+
+def train_llm(
+    model: LLM4Rec,
+    vocab: IdVocabulary,
+    data: InteractionData,
+    tables: dict[str, np.ndarray],
+    cfg: LlmConfig,
+    train: TrainConfig,
+    device: torch.device,
+    ks: list[int] | tuple[int, ...] = (10, 20, 30),
+    out_dir: Path | None = None,
+    ranks: Ranks = Ranks(),
+) -> LlmTrainResult:
+    """Fine-tune ``model`` on ``data``'s training prefixes; leave the best validation weights in it.
+
+    Args:
+        model: LLM4Rec with the ID tokens in its backbone (``vocab``); its ID rows are split off while
+            training and merged back at the end.
+        vocab: where the ID tokens sit in the text vocabulary.
+        data: the snapshot (training sequences for samples, validation targets for selection).
+        tables: ``user_codes`` ``(n_users, K)``, ``item_codes`` ``(n_items, K)``, ``item_vectors``
+            ``(n_items, d)`` (the frozen targets, also the retrieval index).
+        cfg: the ``llm`` section.
+        train: seed, checkpoint interval, progress bars.
+        device: this process's device.
+        ks: validation cut-offs (NDCG@20 always included: it selects the model).
+        out_dir: folder for ``history.json``, ``checkpoints/``; None keeps everything in memory.
+        ranks: this process's rank and the world size (DDP must already be initialised when world > 1).
+    """
+    return _Trainer(model, vocab, data, tables, cfg, train, device, ks, out_dir, ranks).fit()
+
+
+class _Trainer:
+    """The state of one fine-tuning run; see :func:`train_llm`."""
+
+    def __init__(
+        self,
+        model: LLM4Rec,
+        vocab: IdVocabulary,
+        data: InteractionData,
+        tables: dict[str, np.ndarray],
+        cfg: LlmConfig,
+        train: TrainConfig,
+        device: torch.device,
+        ks: list[int] | tuple[int, ...],
+        out_dir: Path | None,
+        ranks: Ranks,
+    ) -> None:
+        self.model, self.data, self.tables, self.cfg, self.train = model, data, tables, cfg, train
+        self.device, self.ks, self.out_dir, self.ranks = device, sorted(set(ks) | {20}), out_dir, ranks
+        self.samples = TrainingSamples(data)
+        if not len(self.samples):
+            raise ValueError("no training samples: every user has fewer than two training interactions")
+        vectors = tables["item_vectors"]  # (n_items, d): the frozen targets
+        self.item_vectors = torch.as_tensor(vectors, dtype=torch.float32, device=device)
+        model.to(device)
+        model.split_id_embeddings(vocab)
+        backbone_params, head_params = model.parameter_groups()
+        self.optimizer = torch.optim.AdamW(
+            [{"params": backbone_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
+            weight_decay=cfg.weight_decay,
+        )
+        warmup = cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.net: torch.nn.Module = model
+        if ranks.world > 1:
+            self.net = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.amp = autocast_dtype(device, cfg.precision)
+        scorer = TokenRecScorer(
+            model,
+            tables["user_codes"],
+            tables["item_codes"],
+            vectors,
+            history_len=cfg.history_len,
+            history_style=cfg.history_style,
+            batch_size=cfg.eval_batch_size,
+            device=device,
+            amp_dtype=self.amp,
+        )
+        self.validator = TokenRecRanker(scorer, data, "id_only" if cfg.id_only_share >= 1.0 else "full")
+        self.state: dict[str, Any] = {
+            "epoch": 0,  # epochs completed
+            "micro": 0,  # micro-batches completed in the current epoch (a mid-epoch checkpoint)
+            "steps": 0,  # optimizer steps, over all epochs
+            "best_metric": -1.0,
+            "best_epoch": 0,
+            "best_valid": {},
+            "history": [],
+            "partial": {},  # running sums of the current epoch at a mid-epoch checkpoint
+        }
+        self.best: dict[str, torch.Tensor] = {}
+        self.folder = None
+        if out_dir is not None:
+            self.folder = checkpoint_folder(out_dir / "checkpoints", cfg, train.seed, data, tables, ranks)
+        self.manager = CheckpointManager(self.folder) if self.folder is not None else None
+        if self.manager is not None and (found := self.manager.load_latest(map_location=device)) is not None:
+            saved = found[1]
+            model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            set_rng_state(saved["rng"])
+            self.state = {key: saved[key] for key in self.state}
+            self.best = _load_best(self.folder, self.state["best_epoch"])
+            log.info(
+                "llm4rec: resuming epoch %d at micro-batch %d", self.state["epoch"] + 1, self.state["micro"]
+            )
+        self.checkpointed_best = self.state["best_epoch"]  # best epoch named by the newest checkpoint
+
+    def finished(self) -> bool:
+        state, cfg = self.state, self.cfg
+        since_best = state["epoch"] - state["best_epoch"]
+        stale = state["best_epoch"] > 0 and since_best >= cfg.patience * cfg.eval_every
+        return state["epoch"] >= cfg.max_epochs or stale
+
+    def fit(self) -> LlmTrainResult:
+        state = self.state
+        while not self.finished():
+            epoch = state["epoch"] + 1
+            entry = self.run_epoch(epoch)
+            if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.max_epochs:
+                entry["valid"] = self.validate(epoch)
+            log.info("llm4rec epoch %d: %s", epoch, {k: v for k, v in entry.items() if k != "epoch"})
+            state.update(epoch=epoch, micro=0, partial={})
+            state["history"].append(entry)
+            if self.out_dir is not None and self.ranks.main:
+                atomic_write_json(self.out_dir / "history.json", state["history"])
+            if epoch % self.train.checkpoint_every == 0 or self.finished():
+                self.save_checkpoint()
+        if self.best:
+            self.model.load_state_dict(self.best)
+        self.model.merge_id_embeddings()
+        self.model.eval()
+        return LlmTrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"])
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch (from a mid-epoch checkpoint's position when resuming); returns its history entry."""
+        cfg, ranks, state = self.cfg, self.ranks, self.state
+        plan = self.samples.epoch_plan(cfg, self.train.seed, epoch)
+        n_plan, global_batch = len(plan["sample"]), cfg.batch_size * ranks.world
+        n_micro = n_plan // global_batch if ranks.world > 1 else -(-n_plan // cfg.batch_size)
+        if n_micro == 0:
+            raise ValueError(f"{n_plan} samples cannot fill one global batch of {global_batch}")
+        totals = state["partial"] or {"loss": 0.0, "pos_cos": 0.0, "neg_cos": 0.0, "batches": 0, "samples": 0}
+        wall = time.perf_counter() - totals.get("seconds", 0.0)
+        sums = torch.zeros(3, device=self.device)  # loss, pos_cos, neg_cos since the last flush
+
+        def flush() -> None:
+            for key, value in zip(("loss", "pos_cos", "neg_cos"), sums.tolist(), strict=True):
+                totals[key] += value
+            sums.zero_()
+
+        self.model.train()
+        show = self.train.progress and ranks.main
+        bar = tqdm(total=n_micro, initial=state["micro"], desc=f"llm4rec epoch {epoch}", disable=not show)
+        for micro in range(state["micro"], n_micro):
+            step_now = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == n_micro
+            no_sync = ranks.world > 1 and not step_now  # accumulate locally; DDP averages on the last one
+            with self.net.no_sync() if no_sync else contextlib.nullcontext():
+                loss, stats, n_rows = self.forward(plan, epoch, micro)
+                (loss / cfg.grad_accum).backward()
+            sums += torch.stack([loss.detach(), stats["pos_cos"], stats.get("neg_cos", sums.new_zeros(()))])
+            totals["batches"] += 1
+            totals["samples"] += n_rows * ranks.world
+            if step_now:
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                state["steps"] += 1
+            state["micro"] = micro + 1
+            bar.update(1)
+            if (micro + 1) % 20 == 0:
+                flush()
+                bar.set_postfix_str(f"loss {totals['loss'] / totals['batches']:.4f}")
+            steps_due = cfg.checkpoint_steps and step_now and state["steps"] % cfg.checkpoint_steps == 0
+            if steps_due and micro + 1 < n_micro:
+                flush()
+                state["partial"] = {**totals, "seconds": time.perf_counter() - wall}
+                self.save_checkpoint()
+        bar.close()
+        flush()
+        seconds, n = time.perf_counter() - wall, max(1, totals["batches"])
+        means = torch.tensor([totals[key] / n for key in ("loss", "pos_cos", "neg_cos")], device=self.device)
+        if ranks.world > 1:  # every rank saw as many batches: the mean of the ranks' means is the global mean
+            torch.distributed.all_reduce(means)
+            means /= ranks.world
+        return {
+            "epoch": epoch,
+            **dict(zip(("loss", "pos_cos", "neg_cos"), means.tolist(), strict=True)),
+            "samples": totals["samples"],
+            "seconds": seconds,
+            "samples_per_second": totals["samples"] / max(seconds, 1e-9),
+        }
+
+    def forward(
+        self, plan: dict[str, np.ndarray], epoch: int, micro: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """Loss, statistics and size of this rank's share of global micro-batch ``micro`` of ``plan``.
+
+        The wording of the whole global micro-batch is drawn from ``(seed, epoch, micro)``, so every sample
+        gets the same prompt whatever the number of ranks.
+        """
+        size = self.cfg.batch_size
+        first = micro * size * self.ranks.world
+        every = slice(first, first + size * self.ranks.world)  # the global micro-batch
+        mine = slice(self.ranks.rank * size, (self.ranks.rank + 1) * size)  # this rank's part of it
+        rng = np.random.default_rng([self.train.seed, epoch, micro])
+        codes = self.tables["user_codes"], self.tables["item_codes"]
+        prompts = prompts_for(
+            self.samples, plan["sample"][every], plan["id_only"][every], *codes, self.cfg, rng
+        )
+        rows = plan["sample"][every][mine]  # (B,) sample indices
+        backbone, device = self.model.backbone, self.device
+        multiple = 8 if device.type == "cuda" else None
+        batch = tokenize_prompts(backbone.tokenizer, prompts[mine], backbone.max_length, multiple)
+        with autocast(device, self.amp):
+            z = self.net(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (B, d)
+        targets = torch.as_tensor(self.samples.targets[rows], device=device)  # (B,)
+        negatives = torch.as_tensor(plan["negatives"][every][mine], device=device)  # (B, n_neg)
+        loss, stats = item_table_loss(
+            z, targets, negatives, self.item_vectors, self.cfg.margin, self.cfg.in_batch_negatives
+        )
+        return loss, stats, len(rows)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Validation metrics of the current weights; keeps them when NDCG@20 improves."""
+        ranks, batch = self.ranks, self.cfg.eval_batch_size
+        valid = evaluate_ranker(
+            self.validator, self.data, self.data.VALID, self.ks, batch, ranks.rank, ranks.world
+        )
+        if valid[SELECT_METRIC] > self.state["best_metric"]:
+            self.state.update(best_metric=valid[SELECT_METRIC], best_epoch=epoch, best_valid=valid)
+            self.best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            if self.folder is not None and self.ranks.main:
+                _save_best(self.folder, epoch, self.best)
+        return valid
+
+    def save_checkpoint(self) -> None:
+        if self.manager is None or not self.ranks.main:
+            return
+        optimizer, scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
+        extra = {"model": self.model.state_dict(), "optimizer": optimizer, "scheduler": scheduler}
+        self.manager.save(self.state["steps"], {**self.state, **extra, "rng": rng_state()})
+        # the manager keeps this checkpoint and the previous one: keep the best weights that both name
+        _prune_best(self.manager.folder, keep={self.state["best_epoch"], self.checkpointed_best})
+        self.checkpointed_best = self.state["best_epoch"]
+
+
+def checkpoint_folder(
+    root: Path, cfg: LlmConfig, seed: int, data: InteractionData, tables: dict[str, np.ndarray], ranks: Ranks
+) -> Path:
+    """``root/<fingerprint>``: checkpoints resume only a run with the same data, tables, settings and world.
+
+    Settings that do not change the training trajectory (epoch limit, patience, evaluation batch...) are left
+    out, so a finished run can be continued for more epochs. Rank 0 removes other fingerprints' folders.
+    """
+    ignored = {
+        "max_epochs",
+        "patience",
+        "eval_batch_size",
+        "checkpoint_steps",
+        "report_variants",
+        "cache_dir",
+    }
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
+    digest = hashlib.sha256(json.dumps([settings, seed, ranks.world], sort_keys=True).encode())
+    for array in (data.users, data.items, data.splits, *(tables[k] for k in sorted(tables))):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    folder = root / digest.hexdigest()[:16]
+    if ranks.main and root.is_dir():
+        for stale in root.iterdir():
+            if stale.is_dir() and stale != folder:
+                log.info("removing checkpoints of a different LLM4Rec run: %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+def _best_path(folder: Path, epoch: int) -> Path:
+    return folder / f"best-{epoch:04d}.pt"
+
+
+def _save_best(folder: Path, epoch: int, weights: dict[str, torch.Tensor]) -> None:
+    """Write the best weights of ``epoch``; older ones go once a checkpoint names this epoch best."""
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    atomic_write_bytes(_best_path(folder, epoch), buffer.getvalue())
+
+
+def _prune_best(folder: Path, keep: set[int]) -> None:
+    for path in folder.glob("best-*.pt"):
+        if path not in {_best_path(folder, epoch) for epoch in keep}:
+            path.unlink(missing_ok=True)
+
+
+def _load_best(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
+    """The best weights of ``epoch`` (the one the resumed checkpoint names), or {} before any validation."""
+    if epoch == 0:
+        return {}
+    return torch.load(_best_path(folder, epoch), map_location="cpu", weights_only=True)
