@@ -35,6 +35,7 @@ run: $(STAMP)
 	$(VENV)/bin/tokenrec run --ds $(DS) --dataset $(DATASET)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check tokenrec jobs dags tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

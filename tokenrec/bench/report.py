@@ -7,7 +7,6 @@ the docs always says how it was measured.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from tokenrec.bench.machine import REPO, RESULTS
