@@ -8,7 +8,7 @@ the Great Expectations gate. Wiring only: see dags/tokenrec_common.py.
 """
 
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import dag
@@ -20,7 +20,7 @@ from tokenrec_common import DEFAULT_ARGS, PARAMS, job  # noqa: E402
 @dag(
     dag_id="tokenrec_nightly",
     schedule="@daily",
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,  # backfill explicitly: `airflow backfill create --dag-id tokenrec_nightly ...`
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

@@ -7,7 +7,7 @@ Training tasks run in the ``gpu`` pool so that they never share a GPU; ``promote
 """
 
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import dag
@@ -19,7 +19,7 @@ from tokenrec_common import DEFAULT_ARGS, PARAMS, job  # noqa: E402
 @dag(
     dag_id="tokenrec_retrain",
     schedule="@weekly",
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # the ETL appends to shared ID maps; retrains of two dates never overlap
     default_args=DEFAULT_ARGS,

@@ -29,8 +29,14 @@ STAGES: dict[str, str] = {
     "train-tokenizer": "train the user and item MQ-Tokenizers on the GNN embeddings",
     "train-llm": "fine-tune the LLM backbone + projection on prompts with the ID tokens (LLM4Rec)",
     "evaluate": "HR/NDCG@10/20/30 of TokenRec and the baselines on validation and test",
+    "register": "package the retrain's model as one MLflow pyfunc, new version with alias challenger",
+    "promote": "move alias champion to the challenger only if it passes the promotion gate",
+    "batch-inference": "top-K for every active user from models:/tokenrec@champion, staged (not yet visible)",
+    "validate-recommendations": "Great Expectations gate on the staged recommendations",
+    "publish": "atomically publish the validated recommendations partition",
     "run": "the whole pipeline without Airflow (what is built so far)",
 }
+TRAINING_STAGES = ("train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "run")
 OTHER_COMMANDS = {
     "sql": "analyst queries over the lake: `tokenrec sql --list`, `tokenrec sql NAME --ds D` (docs/ANALYTICS.md)",
 }
@@ -53,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file with config sections (see docs/CONFIG.md)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set etl.kcore=10 (repeatable)")
-        if name not in ("etl", "validate-interactions"):
+        if name in TRAINING_STAGES:
             p.add_argument("--run-id", help="retrain run folder name under paths.runs (default <dataset>-<ds>)")
     return parser
 
@@ -118,7 +124,21 @@ def _task(module: str, stage: str, folder: str) -> Callable[[Config, argparse.Na
     return run
 
 
-PIPELINE = ("etl", "validate-interactions")
+def _dated_task(module: str, needs_run: bool = False) -> Callable[[Config, argparse.Namespace], dict[str, Any]]:
+    """A registry or nightly stage: ``tokenrec.tasks.<module>.run(cfg, ds, run_dir or None)``."""
+
+    def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+        import importlib
+
+        task = importlib.import_module(f"tokenrec.tasks.{module}")
+        return task.run(cfg, args.ds, _run_dir(cfg, args) if needs_run else None)
+
+    return run
+
+
+RETRAIN = ("etl", "validate-interactions", "train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "promote")
+NIGHTLY = ("etl", "validate-interactions", "batch-inference", "validate-recommendations", "publish")
+PIPELINE = RETRAIN + NIGHTLY[2:]
 
 
 def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -133,6 +153,8 @@ def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         "quarantine": str(lake.quarantine(args.ds)),
         "id_maps": str(lake.id_map(schema.USERS).parent),
         "validation_report": str(lake.validation_report(schema.INTERACTIONS_TABLE, args.ds) / "data_docs" / "index.html"),
+        "run_folder": str(_run_dir(cfg, args)),
+        "recommendations": str(lake.recommendations(args.ds)),
     }
     return summary
 
@@ -144,6 +166,11 @@ HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
     "train-tokenizer": _task("train_tokenizer", "train-tokenizer", "tokenizer"),
     "train-llm": _task("train_llm", "train-llm", "llm"),
     "evaluate": _task("evaluate", "evaluate", "eval"),
+    "register": _dated_task("register", needs_run=True),
+    "promote": _dated_task("promote"),
+    "batch-inference": _dated_task("batch_inference"),
+    "validate-recommendations": _dated_task("validate_recommendations"),
+    "publish": _dated_task("publish"),
     "run": stage_run,
 }
 

@@ -10,6 +10,11 @@ pyarrow, DuckDB and pandas read ``interactions/`` as a normal partitioned table:
 
 The previous version is kept (one generation) so that a reader that resolved the old link mid-read still finds
 its files.
+
+Publishing can also be split in two steps, for outputs that must pass a gate first: :func:`stage_partition`
+writes the version and points a *staging* link ``<table>/_staged/<key=value>`` at it (readers never look
+there), a check reads :func:`staged_version`, and :func:`swap_partition` publishes it. :func:`publish_partition`
+is the two steps at once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tokenrec.schema import MANIFEST_FILE
 log = logging.getLogger(__name__)
 
 VERSIONS_DIR = "_versions"
+STAGED_DIR = "_staged"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -81,27 +87,76 @@ def publish_partition(
     Raises:
         PublishError: the partition path exists and is not a link made by this module (nothing is changed).
     """
-    if partition.exists() and not partition.is_symlink():
+    _check_partition(partition)
+    return swap_partition(partition, _write_version(partition, write, manifest, extras))
+
+
+def stage_partition(
+    partition: Path,
+    write: Callable[[Path], None],
+    manifest: dict[str, Any] | Callable[[Path], dict[str, Any]],
+    extras: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a new version of ``partition`` and make it the *staged* one; readers still see the published one.
+
+    Arguments as :func:`publish_partition`. A version staged earlier and never published is replaced (and
+    removed); the published version is kept.
+
+    Returns:
+        The staged version folder (publish it with :func:`swap_partition`).
+
+    Raises:
+        PublishError: the partition path is a real folder, or the writer produced nothing.
+    """
+    _check_partition(partition)
+    version = _write_version(partition, write, manifest, extras)
+    _swap_link(staged_link(partition), version)
+    log.info("staged %s -> %s", partition, version.name)
+    _remove_stale_versions(partition, keep={version, current_version(partition)})
+    return version
+
+
+def swap_partition(partition: Path, version: Path) -> Path:
+    """Atomically publish ``version``, a complete version folder of ``partition`` (e.g. the staged one).
+
+    The previously published version is kept one generation for readers in flight; older ones and orphans
+    of killed writers are removed. The staging link is dropped when it pointed at ``version``.
+
+    Returns:
+        ``version``, now published.
+
+    Raises:
+        PublishError: the partition path is a real folder, or ``version`` is not a complete version of it.
+    """
+    _check_partition(partition)
+    version = Path(version)
+    versions_root = (partition.parent / VERSIONS_DIR / partition.name).resolve()
+    if version.resolve().parent != versions_root or not (version / MANIFEST_FILE).is_file():
         raise PublishError(
-            f"{partition} is a real folder, not a published version link; it was written outside tokenrec. "
-            "Move it away (or delete it) and rerun the task."
+            f"{version} is not a complete version of {partition} (no {MANIFEST_FILE} under {versions_root}); "
+            "stage it again"
         )
-    version = new_version_dir(partition)
-    version.parent.mkdir(parents=True, exist_ok=True)
-    write(version)
-    if not version.is_dir():
-        raise PublishError(f"the writer for {partition} produced no folder at {version}; nothing was published")
-    for name, data in (extras or {}).items():
-        if not name.startswith("_"):
-            raise ValueError(f"extra file {name!r} in a table partition must start with '_' (readers skip those)")
-        atomic_write_bytes(version / name, data)
-    content = manifest(version) if callable(manifest) else manifest
-    atomic_write_json(version / MANIFEST_FILE, {**content, "version": version.name})
     previous = current_version(partition)
     _swap_link(partition, version)
     log.info("published %s -> %s", partition, version.name)
+    if staged_link(partition).is_symlink() and staged_version(partition) in (version.resolve(), None):
+        staged_link(partition).unlink(missing_ok=True)
     _remove_stale_versions(partition, keep={version, previous})
     return version
+
+
+def staged_link(partition: Path) -> Path:
+    """Where the staging link of ``partition`` lives: ``<table>/_staged/<key=value>``."""
+    return partition.parent / STAGED_DIR / partition.name
+
+
+def staged_version(partition: Path) -> Path | None:
+    """The version folder staged for ``partition`` and not yet published, or None."""
+    link = staged_link(partition)
+    if not link.is_symlink():
+        return None
+    target = (link.parent / os.readlink(link)).resolve()
+    return target if target.is_dir() else None
 
 
 def current_version(partition: Path) -> Path | None:
@@ -123,7 +178,37 @@ def is_published(partition: Path) -> bool:
     return partition.is_symlink() and (partition / MANIFEST_FILE).is_file()
 
 
+def _write_version(
+    partition: Path,
+    write: Callable[[Path], None],
+    manifest: dict[str, Any] | Callable[[Path], dict[str, Any]],
+    extras: dict[str, bytes] | None,
+) -> Path:
+    """A new, complete version folder of ``partition`` (data, extras, then the manifest), not yet linked."""
+    version = new_version_dir(partition)
+    version.parent.mkdir(parents=True, exist_ok=True)
+    write(version)
+    if not version.is_dir():
+        raise PublishError(f"the writer for {partition} produced no folder at {version}; nothing was published")
+    for name, data in (extras or {}).items():
+        if not name.startswith("_"):
+            raise ValueError(f"extra file {name!r} in a table partition must start with '_' (readers skip those)")
+        atomic_write_bytes(version / name, data)
+    content = manifest(version) if callable(manifest) else manifest
+    atomic_write_json(version / MANIFEST_FILE, {**content, "version": version.name})
+    return version
+
+
+def _check_partition(partition: Path) -> None:
+    if partition.exists() and not partition.is_symlink():
+        raise PublishError(
+            f"{partition} is a real folder, not a published version link; it was written outside tokenrec. "
+            "Move it away (or delete it) and rerun the task."
+        )
+
+
 def _swap_link(partition: Path, version: Path) -> None:
+    partition.parent.mkdir(parents=True, exist_ok=True)
     target = os.path.relpath(version, partition.parent)
     tmp = partition.with_name(f".{partition.name}.{uuid.uuid4().hex[:8]}.link")
     os.symlink(target, tmp)

@@ -146,3 +146,18 @@ def _gnn_ranker(data: InteractionData, run_dir: Path, user_key: str, item_key: s
             "Run `tokenrec train-gnn` on this snapshot into this run folder first.",
         )
     return EmbeddingRanker(users, items)
+
+
+def _tokenrec(name: str) -> RankerBuilder:
+    """TokenRec variants (tokenrec, tokenrec_id_only, tokenrec_unseen_prompt) from ``run_dir/llm``."""
+
+    def build(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker | TopKRanker:
+        from tokenrec.tokenrec_scorer import ranker_for  # imports transformers: only when asked for
+
+        return ranker_for(cfg, data, run_dir, name=name)
+
+    return build
+
+
+for _name in ("tokenrec", "tokenrec_id_only", "tokenrec_unseen_prompt"):
+    register(_name)(_tokenrec(_name))

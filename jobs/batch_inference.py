@@ -1,0 +1,11 @@
+"""Pipeline task `batch_inference`.
+
+`python -m jobs.batch_inference --ds YYYY-MM-DD [--dataset NAME] [--config F] [--set k=v]`
+"""
+
+import sys
+
+from tokenrec.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["batch-inference", *sys.argv[1:]]))

@@ -1,0 +1,436 @@
+"""One MLflow pyfunc model per retrain: all that inference needs, loadable by ``models:/tokenrec@champion``.
+
+TokenRec (Qu et al., arXiv 2406.10450) serves with four trained parts: the LightGCN tables (the retrieval
+targets, and the inputs that tokenize users and items new since training), the user and item MQ-Tokenizers
+with their token tables, the fine-tuned backbone with its text tokenizer, and the projection. Scope: bundling
+a finished run folder into one MLflow model, logging it, and loading a registered version with its checks.
+
+The model is logged *from code* (a three-line stub that calls ``mlflow.models.set_model(TokenRecModel())``;
+nothing is pickled) with these artifacts, weights as safetensors:
+
+    gnn/        embeddings.safetensors (user, item, user_ego, item_ego)
+    tokenizer/  user_tokenizer.safetensors, item_tokenizer.safetensors, tokens.safetensors, tokenizer.json
+    llm/        backbone/ (weights + text tokenizer with the ID tokens), projection.safetensors, llm.json
+    id_maps/    users.parquet, items.parquet: raw id <-> index as the model knows them
+    history/    history.safetensors: every user's interactions at training time (CSR, time order)
+    config      the resolved config (config.yaml)
+    bundle      bundle.json: tokenizer hash, sizes, retrieval settings, top-K, training snapshot
+
+Input: a DataFrame with a ``user_id`` string column and an optional ``k`` integer column; output: one row per
+recommendation, ``user_id, rank (1..k), item_id, score``. The packaged model serves the users it was trained
+on from their training-time history; the nightly job uses the same engine on the current snapshot, with
+fold-in of new users and items (:mod:`tokenrec.inference`).
+
+Tokenizer and model cannot drift apart (RELIABILITY.md R11): loading recomputes the SHA-256 of the bundled
+tokenizer files and refuses a bundle whose hash differs from ``bundle.json``; :func:`load_version` also
+refuses a version whose registry tag ``tokenizer_hash`` differs from the bundled one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
+
+from tokenrec import registry, schema
+from tokenrec.config import Config, RetrievalConfig, load_config, save_config
+from tokenrec.data.id_maps import read_id_map
+from tokenrec.data.interactions import InteractionData
+from tokenrec.errors import ConfigError, InputError, TokenrecError
+from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported: no network
+
+import mlflow  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = {
+    "gnn": ("embeddings.safetensors",),
+    "tokenizer": (
+        "user_tokenizer.safetensors",
+        "item_tokenizer.safetensors",
+        "tokens.safetensors",
+        "tokenizer.json",
+    ),
+    "llm": ("llm.json", "projection.safetensors", "backbone"),
+}
+ARTIFACTS = (*RUN_FILES, "id_maps", "history", "config", "bundle")
+BUNDLE_FILE, CONFIG_FILE, HISTORY_FILE = "bundle.json", "config.yaml", "history.safetensors"
+BUNDLE_FORMAT = 1
+MODEL_CODE = '''"""MLflow models-from-code entry point: the pyfunc is tokenrec.packaging.TokenRecModel."""
+import mlflow
+
+from tokenrec.packaging import TokenRecModel
+
+mlflow.models.set_model(TokenRecModel())
+'''
+REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "faiss-cpu", "numpy", "scipy", "pandas",
+                "pyarrow", "pyyaml", "mlflow")  # fmt: skip
+
+
+class ModelIntegrityError(TokenrecError):
+    """A packaged model is incomplete, or its tokenizer differs from the one it was registered with (R11)."""
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def build_bundle(cfg: Config, run_dir: Path, snapshot: Path, out: Path) -> dict[str, Any]:
+    """Copy what inference needs from ``run_dir`` into ``out`` (one folder per artifact); return bundle.json.
+
+    Args:
+        cfg: the resolved configuration, saved with the model (its retrieval settings and top-K become the
+            model's).
+        run_dir: a finished run folder (``gnn/``, ``tokenizer/``, ``llm/``).
+        snapshot: the interactions snapshot the run was trained on (its histories are bundled).
+        out: an empty or missing folder.
+
+    Raises:
+        InputError: a file of the run is missing, or the run does not match the snapshot or the ID maps.
+        ModelIntegrityError: the tokenizer files differ from the hashes recorded in ``tokenizer.json``.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    for folder, names in RUN_FILES.items():
+        for name in names:
+            source = run_dir / folder / name
+            if not source.exists():
+                raise InputError(
+                    source, "missing from the run folder", "Finish the retrain (train-llm) first."
+                )
+            target = out / folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    tokenizer_hash = verify_tokenizer(out / "tokenizer")
+    llm = read_json(out / "llm" / "llm.json")
+    tokens = _load_tensors(out / "tokenizer" / "tokens.safetensors")
+    n_users, n_items = len(tokens["user_codes"]), len(tokens["item_codes"])
+
+    data = InteractionData.load(snapshot)
+    if (data.n_users, data.n_items) != (n_users, n_items):
+        raise InputError(
+            snapshot,
+            f"{data.n_users} users and {data.n_items} items, but the run's token table has {n_users} and "
+            f"{n_items}",
+            "Register the run with the --ds of the snapshot it was trained on.",
+        )
+    lake = schema.Lake.at(cfg.paths.lake)
+    (out / "id_maps").mkdir(parents=True, exist_ok=True)
+    for kind, count in ((schema.USERS, n_users), (schema.ITEMS, n_items)):
+        table = read_id_map(lake.id_map(kind))
+        if table.num_rows < count:
+            raise InputError(lake.id_map(kind), f"{table.num_rows} ids but the model knows {count}",
+                             "Run the ETL for the training date first; ID maps only grow.")  # fmt: skip
+        pq.write_table(table.slice(0, count), out / "id_maps" / f"{kind}.parquet")
+    counts = np.bincount(data.users, minlength=n_users)
+    history = {"indptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), "items": data.items}
+    atomic_write_bytes(out / "history" / HISTORY_FILE, save_arrays(history))
+    save_config(cfg, out, CONFIG_FILE)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "tokenizer_hash": tokenizer_hash,
+        "n_users": n_users,
+        "n_items": n_items,
+        "levels": llm["levels"],
+        "codebook_size": llm["codebook_size"],
+        "item_vectors": llm["item_vectors"],
+        "tokenizer_input": read_json(out / "tokenizer" / "tokenizer.json").get("embeddings", "propagated"),
+        "retrieval": dataclasses.asdict(cfg.retrieval),
+        "topk": cfg.inference.topk,
+        "snapshot": str(snapshot),
+        "dataset": data.name,
+        "config_hash": cfg.hash(),
+    }
+    atomic_write_json(out / BUNDLE_FILE, manifest)
+    return manifest
+
+
+def verify_tokenizer(folder: Path) -> str:
+    """The tokenizer hash of the files in ``folder``, recomputed; it must equal ``tokenizer.json``'s.
+
+    Raises:
+        ModelIntegrityError: a file's SHA-256 or the resulting hash differs from the recorded one.
+    """
+    from tokenrec.tasks.train_tokenizer import tokenizer_hash
+
+    manifest = read_json(folder / "tokenizer.json")
+    hashes = {}
+    for name, recorded in manifest["sha256"].items():
+        if name.endswith(".safetensors"):
+            hashes[name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            if hashes[name] != recorded:
+                raise ModelIntegrityError(
+                    f"{folder / name}: SHA-256 {hashes[name][:12]}... differs from {recorded[:12]}... "
+                    "recorded in tokenizer.json; the tokenizer files were changed or mixed between runs. "
+                    "Re-register the run."
+                )
+    found = tokenizer_hash(hashes)
+    if found != manifest["tokenizer_hash"]:
+        raise ModelIntegrityError(
+            f"{folder}: tokenizer hash {found[:12]}... differs from {manifest['tokenizer_hash'][:12]}... in "
+            "tokenizer.json. Re-register the run."
+        )
+    return found
+
+
+def signature() -> Any:
+    """Input ``user_id`` (string) and optional ``k`` (long); output ``user_id, rank, item_id, score``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", schema.USER_ID), ColSpec("long", "k", required=False)])
+    outputs = Schema([ColSpec("string", schema.USER_ID), ColSpec("integer", schema.RANK),
+                      ColSpec("string", schema.ITEM_ID), ColSpec("float", schema.SCORE)])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    """The serving environment, pinned to the versions installed here (tokenrec comes with the image)."""
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_model(bundle_dir: Path, requirements: list[str] | None = None, name: str = "model") -> str:
+    """Log the bundle in ``bundle_dir`` as a pyfunc into the active MLflow run; return the model URI."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_json(bundle_dir / BUNDLE_FILE)
+    users = (
+        pq.read_table(bundle_dir / "id_maps" / f"{schema.USERS}.parquet").column(schema.RAW_ID).to_pylist()
+    )
+    example = pd.DataFrame({schema.USER_ID: users[:2]})
+    with tempfile.TemporaryDirectory(prefix="tokenrec-model-") as tmp:
+        code = Path(tmp) / "tokenrec_model.py"
+        code.write_text(MODEL_CODE)
+        artifacts = {key: str(bundle_dir / key) for key in (*RUN_FILES, "id_maps", "history")}
+        artifacts.update({"config": str(bundle_dir / CONFIG_FILE), "bundle": str(bundle_dir / BUNDLE_FILE)})
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts=artifacts,
+            signature=signature(),
+            input_example=example,
+            pip_requirements=requirements if requirements is not None else pip_requirements(),
+            metadata={"tokenizer_hash": manifest["tokenizer_hash"], "bundle_format": BUNDLE_FORMAT},
+        )
+    return info.model_uri
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """A loaded model's artifacts: a run-folder view (``gnn/``, ``tokenizer/``, ``llm/``) plus the rest."""
+
+    root: Path
+    paths: dict[str, Path]
+    manifest: dict[str, Any]
+    config: Config
+
+    @classmethod
+    def open(cls, artifacts: Mapping[str, str]) -> ModelBundle:
+        """Check and open the artifacts of a pyfunc (``context.artifacts``) or of a bundle folder.
+
+        Raises:
+            ModelIntegrityError: an artifact is missing, or the tokenizer differs from the one in bundle.json.
+        """
+        missing = [key for key in ARTIFACTS if key not in artifacts]
+        if missing:
+            raise ModelIntegrityError(f"packaged model lacks the artifacts {missing}; re-register the run")
+        paths = {key: Path(artifacts[key]) for key in ARTIFACTS}
+        root = paths["gnn"].parent
+        # MLflow keeps folder names unless they collide; otherwise link them side by side as a run folder
+        if any(paths[key] != root / key for key in RUN_FILES):
+            root = Path(tempfile.mkdtemp(prefix="tokenrec-bundle-"))
+            for key in RUN_FILES:
+                (root / key).symlink_to(paths[key].resolve(), target_is_directory=True)
+        manifest = read_json(paths["bundle"])
+        found = verify_tokenizer(root / "tokenizer")
+        if found != manifest["tokenizer_hash"]:
+            raise ModelIntegrityError(
+                f"bundled tokenizer hashes to {found[:12]}... but bundle.json records "
+                f"{manifest['tokenizer_hash'][:12]}...; the model and its tokenizer drifted apart. "
+                "Re-register the run."
+            )
+        try:
+            config = load_config(paths["config"])
+        except ConfigError as exc:  # saved by another tokenrec version: serve with today's defaults
+            log.warning("bundled config.yaml does not load (%s); using the default settings", exc)
+            config = Config()
+        config.retrieval = RetrievalConfig(**manifest["retrieval"])
+        return cls(root, paths, manifest, config)
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return self.manifest["tokenizer_hash"]
+
+    def ids(self, kind: str) -> np.ndarray:
+        """Raw ids by index of ``users`` or ``items`` as the model knows them (object array of str)."""
+        table = pq.read_table(self.paths["id_maps"] / f"{kind}.parquet")
+        return np.asarray(table.column(schema.RAW_ID).to_pylist(), dtype=object)
+
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training-time interactions: ``indptr`` ``(n_users + 1,)`` and ``items`` in time order per user."""
+        arrays = _load_tensors(self.paths["history"] / HISTORY_FILE)
+        return arrays["indptr"], arrays["items"]
+
+    def embeddings(self) -> dict[str, np.ndarray]:
+        """The GNN tables ``user``, ``item``, ``user_ego``, ``item_ego`` as float32 arrays."""
+        return {
+            k: v.astype(np.float32)
+            for k, v in _load_tensors(self.root / "gnn" / "embeddings.safetensors").items()
+        }
+
+    def tokenizers(self) -> dict[str, Any]:
+        from tokenrec.tasks.train_tokenizer import load_tokenizer
+
+        return {kind: load_tokenizer(self.root / "tokenizer", kind) for kind in ("user", "item")}
+
+    def scorer(self, runtime: Config | None = None) -> Any:
+        """The trained model on the device of ``runtime`` (default: the bundled config, device ``auto``).
+
+        Device, batch size, precision and progress bars come from ``runtime``; retrieval settings are the
+        model's own.
+        """
+        from tokenrec.tokenrec_scorer import TokenRecScorer
+
+        if runtime is None:
+            runtime = dataclasses.replace(
+                self.config, train=dataclasses.replace(self.config.train, device="auto", progress=False)
+            )
+        cfg = dataclasses.replace(runtime, retrieval=self.config.retrieval)
+        return TokenRecScorer.from_run(self.root, cfg)
+
+
+class TokenRecModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc: ``user_id`` (+ optional ``k``) -> ``user_id, rank, item_id, score``, top-k per user."""
+
+    def load_context(self, context: Any) -> None:
+        self.open(ModelBundle.open(context.artifacts))
+
+    def open(self, bundle: ModelBundle, runtime: Config | None = None) -> TokenRecModel:
+        """Load the model of ``bundle`` (also for use without MLflow, e.g. in tests)."""
+        from tokenrec.inference import CsrSequences, Recommender
+
+        self.bundle = bundle
+        self.scorer = bundle.scorer(runtime)
+        self.recommender = Recommender.trained(self.scorer)
+        self.sequences = CsrSequences(*bundle.history())
+        self.user_ids, self.item_ids = bundle.ids(schema.USERS), bundle.ids(schema.ITEMS)
+        self._user_index = {raw: idx for idx, raw in enumerate(self.user_ids)}
+        return self
+
+    @property
+    def tokenizer_hash(self) -> str:
+        return self.bundle.tokenizer_hash
+
+    def configure(self, runtime: Config) -> TokenRecModel:
+        """Apply the running job's device, batch size, precision and progress bars to the loaded model."""
+        from tokenrec.training.device import autocast_dtype, pick_device
+
+        scorer = self.scorer
+        device = pick_device(runtime.train.device)
+        if device != scorer.device:
+            scorer.model.to(device)
+            scorer.device = device
+        scorer.batch_size = runtime.llm.eval_batch_size
+        scorer.amp_dtype = autocast_dtype(device, runtime.llm.precision)
+        scorer.progress = runtime.train.progress
+        return self
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Top-k rows of every ``user_id`` of ``model_input`` (a DataFrame; ``k`` column optional)."""
+        frame = pd.DataFrame(model_input)
+        raw = frame[schema.USER_ID].astype(str).tolist()
+        unknown = [u for u in raw if u not in self._user_index]
+        if unknown:
+            raise InputError(
+                "model input",
+                f"{len(unknown)} of {len(raw)} user ids are unknown to this model, e.g. {unknown[:5]}",
+                "The packaged model serves users known at training; the nightly batch_inference folds new "
+                "ones in.",
+                field=schema.USER_ID,
+            )
+        default_k = int(self.bundle.manifest["topk"])
+        ks = (
+            frame["k"].fillna(default_k).astype(int).to_numpy()
+            if "k" in frame
+            else np.full(len(raw), default_k)
+        )
+        if len(ks) and ks.min() < 1:
+            raise InputError("model input", f"k must be >= 1, got {int(ks.min())}", "Pass k >= 1.", field="k")
+        users = np.array([self._user_index[u] for u in raw], dtype=np.int64)
+        if not len(users):
+            return pd.DataFrame({c: [] for c in (schema.USER_ID, schema.RANK, schema.ITEM_ID, schema.SCORE)})
+        scores, items = self.recommender.recommend(users, self.sequences, int(ks.max()))
+        keep = (items >= 0) & (np.arange(items.shape[1])[None, :] < ks[:, None])  # (U, k)
+        rows, ranks = np.nonzero(keep)
+        return pd.DataFrame(
+            {
+                schema.USER_ID: np.asarray(raw, dtype=object)[rows],
+                schema.RANK: (ranks + 1).astype(np.int32),
+                schema.ITEM_ID: self.item_ids[items[keep]],
+                schema.SCORE: scores[keep].astype(np.float32),
+            }
+        )
+
+
+def resolve_version(cfg: Config, name: str, version: int) -> registry.AliasTarget:
+    """``(name, version, run_id, tags)`` of a registered version (a rerun reusing its recorded version)."""
+    client, _ = registry.connect(cfg)
+    try:
+        found = client.get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException as exc:
+        raise registry.RegistryError(
+            f"registered model {name!r} has no version {version} in {registry.tracking_uri(cfg)}"
+        ) from exc
+    return registry.AliasTarget(name, int(found.version), found.run_id, dict(found.tags))
+
+
+def load_version(target: registry.AliasTarget) -> TokenRecModel:
+    """Load version ``target`` (resolved once by the caller) and check its tokenizer against the registry tag.
+
+    Raises:
+        ModelIntegrityError: the version has no ``tokenizer_hash`` tag, or it differs from the bundled one.
+    """
+    registered = target.tags.get("tokenizer_hash")
+    if not registered:
+        raise ModelIntegrityError(
+            f"{target.name} version {target.version} has no tokenizer_hash tag; register it with "
+            "`tokenrec register`"
+        )
+    uri = f"models:/{target.name}/{target.version}"
+    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    if model.tokenizer_hash != registered:
+        raise ModelIntegrityError(
+            f"{uri}: its bundled tokenizer hashes to {model.tokenizer_hash[:12]}... but the version was "
+            f"registered with tokenizer_hash {registered[:12]}...; the tokenizer and the model drifted "
+            "apart. Refusing to serve it: re-register the run (`tokenrec register`) and promote the new "
+            "version."
+        )
+    log.info("loaded %s (tokenizer %s...)", uri, registered[:12])
+    return model
+
+
+def _load_tensors(path: Path) -> dict[str, np.ndarray]:
+    return load_arrays(Path(path).read_bytes())
