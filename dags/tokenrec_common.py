@@ -4,8 +4,8 @@ DAG files are configuration: nothing heavy is imported here (no torch, pyspark, 
 runs its job in a fresh process, for the logical date ``{{ ds }}`` only, and is idempotent for that date.
 
 Where things come from (all resolved when the task runs, never at parse time):
-- DAG params (trigger form or ``airflow dags test -c``): ``dataset``, ``config`` (a YAML file), ``overrides``
-  (a list of ``section.key=value``).
+- DAG params (trigger form or ``airflow dags test -c``): ``dataset``, ``profile`` (demo, full), ``config``
+  (a YAML file), ``overrides`` (a list of ``section.key=value``).
 - Airflow Variables, with local defaults: ``tokenrec_home`` (lake, runs, MLflow store), ``tokenrec_python``
   (interpreter with tokenrec installed), ``tokenrec_spark_master`` (``local[*]``, ``yarn``, ``k8s://...``),
   ``tokenrec_spark_submit`` (e.g. ``spark-submit --deploy-mode cluster``; empty runs Spark jobs in-process),
@@ -35,6 +35,7 @@ DEFAULT_ARGS = {
 
 PARAMS = {
     "dataset": Param("ml100k", type="string", description="data set preset: ml100k, lastfm, beauty, or your own"),
+    "profile": Param("", type="string", description="shipped config profile: demo (CPU, minutes) or full (GPU)"),
     "config": Param("", type="string", description="YAML config file (empty: defaults + preset)"),
     "overrides": Param([], type="array", description="config overrides, each 'section.key=value'"),
 }
@@ -42,6 +43,7 @@ PARAMS = {
 _PYTHON = "{{ var.value.get('tokenrec_python', '" + sys.executable + "') }}"
 _ARGS = (
     " --ds {{ ds }} --dataset {{ params.dataset }}"
+    "{% if params.profile %} --profile {{ params.profile }}{% endif %}"
     "{% if params.config %} --config {{ params.config }}{% endif %}"
     "{% for kv in params.overrides %} --set '{{ kv }}'{% endfor %}"
     " --set spark.master='{{ var.value.get(\"tokenrec_spark_master\", \"local[*]\") }}'"

@@ -34,7 +34,8 @@ STAGES: dict[str, str] = {
     "batch-inference": "top-K for every active user from models:/tokenrec@champion, staged (not yet visible)",
     "validate-recommendations": "Great Expectations gate on the staged recommendations",
     "publish": "atomically publish the validated recommendations partition",
-    "run": "the whole pipeline without Airflow (what is built so far)",
+    "run": "the whole pipeline without Airflow: retrain, then the nightly inference",
+    "show": "print the outputs of a date: recommendations with example users, champion, how to open the UIs",
 }
 TRAINING_STAGES = ("train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "run")
 OTHER_COMMANDS = {
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (the snapshot / output partition)")
         p.add_argument("--dataset", help="named data set preset: ml100k, lastfm, beauty (or your own name)")
+        p.add_argument("--profile", help="a shipped config profile: demo (CPU, minutes) or full (paper sizes, GPU)")
         p.add_argument("--config", help="YAML file with config sections (see docs/CONFIG.md)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set etl.kcore=10 (repeatable)")
@@ -65,10 +67,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> Config:
+    """defaults < dataset preset < profile < --config YAML < --set."""
     from tokenrec.data.datasets import preset
 
-    base = preset(args.dataset) if args.dataset else None
-    return load_config(args.config, args.overrides, base=base)
+    base: dict[str, Any] = preset(args.dataset) if args.dataset else {}
+    if args.profile:
+        base = _merge(base, profile(args.profile))
+    return load_config(args.config, args.overrides, base=base or None)
+
+
+def profile(name: str) -> dict[str, Any]:
+    """The config layer of a shipped profile (``tokenrec/profiles/<name>.yaml``)."""
+    import yaml
+
+    folder = Path(__file__).parent / "profiles"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise TokenrecError(f"--profile {name!r} does not exist; choose one of {names}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _run_dir(cfg: Config, args: argparse.Namespace) -> Path:
@@ -141,6 +165,12 @@ NIGHTLY = ("etl", "validate-interactions", "batch-inference", "validate-recommen
 PIPELINE = RETRAIN + NIGHTLY[2:]
 
 
+def stage_show(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.show import show
+
+    return {"text": show(cfg, args.ds)}
+
+
 def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline in one process, in DAG order (Airflow runs the same stages as separate tasks)."""
     summary: dict[str, Any] = {}
@@ -172,6 +202,7 @@ HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
     "validate-recommendations": _dated_task("validate_recommendations"),
     "publish": _dated_task("publish"),
     "run": stage_run,
+    "show": stage_show,
 }
 
 
@@ -194,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     except TokenrecError as exc:
         print(f"tokenrec {args.stage}: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, default=str))
+    if args.stage == "show":
+        print(summary["text"])
+    else:
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

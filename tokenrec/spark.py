@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from tokenrec.config import SparkConfig
@@ -20,6 +21,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the active session or build one with UTC time, microsecond Parquet timestamps and no UI."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers use this environment's packages
     logging.getLogger("py4j").setLevel(logging.WARNING)
     from pyspark.sql import SparkSession
 
