@@ -21,7 +21,7 @@ export AIRFLOW__CORE__PARALLELISM := 4
 DS ?= 2026-11-27
 DATASET ?= ml100k
 
-.PHONY: install run run-local airflow-setup test test-fast lint bench bench-etl clean-var help
+.PHONY: install run run-local airflow-setup test test-fast lint bench bench-etl bench-quality bench-report clean-var help
 
 help:
 	@echo "make run    install everything and run the pipeline on MovieLens-100K (DS=$(DS))"
@@ -65,7 +65,18 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tokenrec jobs dags tests
 
-bench: bench-etl
+bench: bench-etl bench-quality bench-report
+
+BENCH_HOME = $(CURDIR)/var/bench/$(DATASET)
+BENCH_SNAPSHOT = $(BENCH_HOME)/lake/interactions/snapshot_date=$(DS)
+
+# Baseline quality (mostpop, MF, LightGCN, SASRec) on one data set: make bench-quality DATASET=lastfm
+bench-quality: $(STAMP)
+	@test -e $(BENCH_SNAPSHOT) || TOKENREC_HOME=$(BENCH_HOME) $(VENV)/bin/tokenrec etl --ds $(DS) --dataset $(DATASET)
+	$(PY) -m tokenrec.bench.quality --snapshot $(BENCH_SNAPSHOT) --run-dir $(BENCH_HOME)/runs/baselines --set train.progress=false
+
+bench-report: $(STAMP)
+	$(PY) -m tokenrec.bench.report
 
 bench-etl: $(STAMP)
 	$(PY) -m tokenrec.bench.etl ml100k beauty

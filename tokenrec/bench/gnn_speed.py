@@ -3,9 +3,9 @@
     python -m tokenrec.bench.gnn_speed --snapshot var/bench/beauty/lake/interactions/snapshot_date=2026-11-27
     python -m tokenrec.bench.gnn_speed --synthetic 60000 25000 1000000 --epochs 2
 
-Prints one JSON object: graph size, settings, wall and CPU seconds of each epoch (training only, exact
-propagation per batch, batch ``gnn.batch_size``), and the machine. ``--set gnn.threads=1`` etc. override the
-config as on the CLI.
+Prints one JSON object (or, with ``--name``, writes ``docs/benchmarks/<name>.json``): graph size, settings,
+wall and CPU seconds of each epoch (training only, batch ``gnn.batch_size``; exact propagation per batch unless
+``--set gnn.refresh_every=k``), the load average and the machine.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 
 import numpy as np
 import torch
 
+from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.tasks.train_gnn import build_lightgcn
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--synthetic", nargs=3, type=int, metavar=("USERS", "ITEMS", "EDGES"))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="config override")
+    parser.add_argument("--name", help="also write docs/benchmarks/<name>.json (e.g. speed-lightgcn-beauty)")
     args = parser.parse_args(argv)
 
     cfg = load_config(overrides=args.overrides)
@@ -78,16 +80,18 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": cfg.gnn.batch_size,
         "layers": cfg.gnn.layers,
         "dim": cfg.gnn.dim,
+        "refresh_every": cfg.gnn.refresh_every,
         "sparse_threads": model.threads,
         "epochs": epochs,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "device": str(device),
-        },
         "load_average": os.getloadavg(),
     }
-    print(json.dumps(report, indent=2))
+    if args.name:
+        command = " ".join(
+            ["python -m tokenrec.bench.gnn_speed", *(argv if argv is not None else sys.argv[1:])]
+        )
+        write_result(args.name, report, command=command)
+    else:
+        print(json.dumps({**report, "machine": machine()}, indent=2))
 
 
 if __name__ == "__main__":
