@@ -14,6 +14,7 @@ Where things come from (all resolved when the task runs, never at parse time):
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -51,7 +52,8 @@ _ARGS = (
     " --set mlflow.tracking_uri='{{ var.value.get(\"tokenrec_mlflow_uri\") }}'{% endif %}"
 )
 _ENV = {
-    "TOKENREC_HOME": "{{ var.value.get('tokenrec_home', '" + str(PROJECT / "var") + "') }}",
+    # The Variable wins; else the scheduler's own TOKENREC_HOME (as `make run` sets it); else <project>/var.
+    "TOKENREC_HOME": "{{ var.value.get('tokenrec_home', '" + os.environ.get("TOKENREC_HOME", str(PROJECT / "var")) + "') }}",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "GX_ANALYTICS_ENABLED": "false",

@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "no AVX2 build" probe is not an error
     try:
         schema.parse_ds(args.ds)
         cfg = build_config(args)
