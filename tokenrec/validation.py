@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _expectations(gx: Any, cfg: Config, ds: str, manifest: dict[str, Any], previous_rows: int | None) -> tuple[list, list]:
+def _expectations(cfg: Config, ds: str, manifest: dict[str, Any], previous_rows: int | None) -> tuple[list, list]:
     """(row-level expectations on the snapshot, expectations on the per-user split frame)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
     E = gx.expectations
     day = schema.parse_ds(ds)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
@@ -89,13 +92,16 @@ def validate_interactions(spark: SparkSession, cfg: Config, ds: str) -> dict[str
     report = lake.validation_report(schema.INTERACTIONS_TABLE, ds)
     frames = {"interactions": df, "interactions_per_user": per_user}
     try:
-        outcome = _run_suites(frames, cfg, ds, manifest, previous.get("rows"), report)
+        rows, users = _expectations(cfg, ds, manifest, previous.get("rows"))
+        suites = {"interactions": rows, "interactions_per_user": users}
+        outcome = run_gx_suites(frames, suites, ds, report, "spark", cfg.validation.sample_rows)
     finally:
         df.unpersist()
         per_user.unpersist()
     failures = [r for r in outcome["results"] if not r["success"]]
     if failures:
-        details = "; ".join(_describe(r, frames, cfg.validation.sample_rows) for r in failures)
+        n = cfg.validation.sample_rows
+        details = "; ".join(describe_failure(r, _sample_rows(r, frames[r["suite"]], n)) for r in failures)
         raise DataValidationError(
             f"table interactions ({snapshot}) failed {len(failures)} of {len(outcome['results'])} expectations: "
             f"{details}. Full result: {report / 'result.json'}. Fix the source or the ETL config and rerun etl; "
@@ -106,21 +112,35 @@ def validate_interactions(spark: SparkSession, cfg: Config, ds: str) -> dict[str
     return {"snapshot": str(snapshot), "expectations": len(outcome["results"]), "report": str(report)}
 
 
-def _run_suites(
-    frames: dict[str, DataFrame], cfg: Config, ds: str, manifest: dict[str, Any], previous_rows: int | None,
-    report: Path,
+def run_gx_suites(
+    frames: dict[str, Any], suites: dict[str, list], ds: str, report: Path, engine: str, sample_rows: int,
 ) -> dict[str, Any]:
+    """Run each suite on its frame with Great Expectations; write ``result.json`` and data docs to ``report``.
+
+    Args:
+        frames: suite name -> Spark or pandas data frame.
+        suites: suite name -> GX expectations (suites without expectations are skipped).
+        ds: the logical date (names the batch and checkpoint).
+        report: folder for ``result.json`` and ``data_docs/``.
+        engine: ``spark`` or ``pandas``.
+        sample_rows: offending values GX quotes per expectation.
+
+    Returns:
+        ``{"success": bool, "ds": ds, "results": [flattened expectation results]}``; it raises nothing.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
-    rows, users = _expectations(gx, cfg, ds, manifest, previous_rows)
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tokenrec-gx-") as root:
         context = gx.get_context(mode="file", project_root_dir=root)
         context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
-        source = context.data_sources.add_spark(name="lake", persist=False)  # frames are cached by us
-        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": cfg.validation.sample_rows}
-        results = []
-        for name, expectations in (("interactions", rows), ("interactions_per_user", users)):
+        if engine == "spark":
+            source = context.data_sources.add_spark(name="lake", persist=False)  # frames are cached by us
+        else:
+            source = context.data_sources.add_pandas(name="lake")
+        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": sample_rows}
+        for name, expectations in suites.items():
             if not expectations:
                 continue
             batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(ds)
@@ -133,7 +153,7 @@ def _run_suites(
             run = checkpoint.run(batch_parameters={"dataframe": frames[name]})
             for validation in run.run_results.values():
                 results.extend(_flatten(validation, name))
-        outcome = {"success": all(r["success"] for r in results), "snapshot_date": ds, "results": results}
+        outcome = {"success": all(r["success"] for r in results), "ds": ds, "results": results}
         docs = Path(root) / "gx" / "uncommitted" / "data_docs" / "local_site"
         report.mkdir(parents=True, exist_ok=True)
         if docs.is_dir():
@@ -158,17 +178,16 @@ def _flatten(validation: Any, suite: str) -> list[dict[str, Any]]:
     return out
 
 
-def _describe(result: dict[str, Any], frames: dict[str, DataFrame], n_samples: int) -> str:
-    """One readable clause per failed expectation: what, on which column, counts and sample offending rows."""
+def describe_failure(result: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    """One readable clause per failed expectation: suite, expectation and arguments, counts, why, samples."""
     kwargs = {k: v for k, v in result["kwargs"].items() if k not in ("batch_id", "result_format")}
     res = result["result"]
-    what = f"{result['expectation']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    what = f"{result['suite']}: {result['expectation']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     if "unexpected_count" in res:
         counts = f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected"
     else:
         counts = f"observed {res.get('observed_value')}"
     why = result["meta"].get("why")
-    samples = _sample_rows(result, frames[result["suite"]], n_samples)
     return f"{what}: {counts}" + (f" ({why})" if why else "") + (f", e.g. {samples}" if samples else "")
 
 

@@ -23,9 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import DataValidationError, InputError
 from tokenrec.storage import atomic_write_json, read_json, staged_version
-from tokenrec.validation import _flatten
+from tokenrec.validation import describe_failure, run_gx_suites
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +85,11 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
             f"{problem}. Nothing was published; rerun batch_inference for {ds}.",
         )
     frames = _frames(ds, lake, manifest, files)
-    outcome = _run_suites(frames, _expectations(cfg, ds, manifest, frames), ds, report)
+    outcome = run_gx_suites(frames, _expectations(cfg, ds, manifest, frames), ds, report, "pandas", 5)
     failures = [r for r in outcome["results"] if not r["success"]]
     if failures:
-        details = "; ".join(_describe(r, frames, cfg.inference.sample_rows) for r in failures)
+        n = cfg.inference.sample_rows
+        details = "; ".join(describe_failure(r, _sample_rows(r, frames[r["suite"]], n)) for r in failures)
         raise DataValidationError(
             f"table recommendations (staged {version.name} of dt={ds}) failed {len(failures)} of "
             f"{len(outcome['results'])} expectations: {details}. Full result: {report / 'result.json'}. "
@@ -206,53 +204,6 @@ def _expectations(cfg: Config, ds: str, manifest: dict[str, Any], frames: dict[s
         ),
     ]
     return {ROWS: rows, PER_USER: per_user}
-
-
-def _run_suites(frames: dict[str, Any], suites: dict[str, list], ds: str, report: Path) -> dict[str, Any]:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="tokenrec-gx-") as root:
-        context = gx.get_context(mode="file", project_root_dir=root)
-        context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
-        source = context.data_sources.add_pandas(name="lake")
-        result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
-        for name, expectations in suites.items():
-            batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(ds)
-            suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=name, data=batch, suite=suite)
-            )
-            checkpoint = context.checkpoints.add(gx.Checkpoint(
-                name=f"{name}-{ds}", validation_definitions=[definition], result_format=result_format,
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            ))  # fmt: skip
-            run = checkpoint.run(batch_parameters={"dataframe": frames[name]})
-            for validation in run.run_results.values():
-                results.extend(_flatten(validation, name))
-        outcome = {"success": all(r["success"] for r in results), "dt": ds, "results": results}
-        docs = Path(root) / "gx" / "uncommitted" / "data_docs" / "local_site"
-        report.mkdir(parents=True, exist_ok=True)
-        if docs.is_dir():
-            shutil.rmtree(report / "data_docs", ignore_errors=True)
-            shutil.copytree(docs, report / "data_docs")
-        atomic_write_json(report / "result.json", outcome)
-    return outcome
-
-
-def _describe(result: dict[str, Any], frames: dict[str, Any], n_samples: int) -> str:
-    """One clause per failed expectation: what, counts, why and sample offending rows."""
-    kwargs = {k: v for k, v in result["kwargs"].items() if k not in ("batch_id", "result_format")}
-    res = result["result"]
-    what = f"{result['suite']}: {result['expectation']}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
-    if "unexpected_count" in res:
-        counts = f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected"
-    else:
-        counts = f"observed {res.get('observed_value')}"
-    why = result["meta"].get("why")
-    samples = _sample_rows(result, frames[result["suite"]], n_samples)
-    return f"{what}: {counts}" + (f" ({why})" if why else "") + (f", e.g. {samples}" if samples else "")
 
 
 def _sample_rows(result: dict[str, Any], df: pd.DataFrame, n: int) -> list[dict[str, Any]]:
