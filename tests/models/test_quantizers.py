@@ -21,16 +21,7 @@ from tokenrec.models.quantizer import (
 )
 from tokenrec.models.rqvae import RQVAE
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a shared CPU they only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 KINDS = ("mq", "single", "vqvae", "rqvae", "kmeans")

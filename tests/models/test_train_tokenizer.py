@@ -15,16 +15,7 @@ from tokenrec.errors import InputError
 from tokenrec.tasks import train_tokenizer as stage
 from tokenrec.training.tokenizer import fit_tokenizer, planned_epochs
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a shared CPU they only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def clustered(n: int, dim: int = 16, centres: int = 30, seed: int = 0) -> torch.Tensor:
