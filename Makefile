@@ -21,7 +21,7 @@ export AIRFLOW__CORE__PARALLELISM := 4
 DS ?= 2026-11-27
 DATASET ?= ml100k
 
-.PHONY: install run run-local airflow-setup test test-fast lint bench bench-etl bench-quality bench-report clean-var help
+.PHONY: install run run-local airflow-setup test browser docs test-fast lint bench bench-etl bench-quality bench-unseen bench-report clean-var help
 
 help:
 	@echo "make run    install everything and run the pipeline on MovieLens-100K (DS=$(DS))"
@@ -55,7 +55,15 @@ airflow-setup: $(STAMP)
 	$(AIRFLOW) db migrate > $(AIRFLOW_HOME)/db-migrate.log
 	$(AIRFLOW) pools set gpu 1 "one slot per GPU: training and inference never share a GPU" > /dev/null
 
-test: $(STAMP)
+# Headless Chromium renders the nightly report in tests/integration/test_report.py (Debian package chromium).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y --no-install-recommends chromium; }
+
+# docs/CONFIG.md is generated from tokenrec/config.py (tests/unit/test_config_doc.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m tokenrec.config_doc > docs/CONFIG.md
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check tokenrec jobs dags tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -70,10 +78,19 @@ bench: bench-etl bench-quality bench-report
 BENCH_HOME = $(CURDIR)/var/bench/$(DATASET)
 BENCH_SNAPSHOT = $(BENCH_HOME)/lake/interactions/snapshot_date=$(DS)
 
-# Baseline quality (mostpop, MF, LightGCN, SASRec) on one data set: make bench-quality DATASET=lastfm
+# Quality of every model (mostpop, MF, LightGCN, SASRec, TokenRec variants) on one data set's frozen split:
+# make bench-quality DATASET=lastfm [BENCH_PROFILE=bench-cpu] -> docs/benchmarks/quality-lastfm.json
+BENCH_PROFILE ?= bench-cpu
 bench-quality: $(STAMP)
 	@test -e $(BENCH_SNAPSHOT) || TOKENREC_HOME=$(BENCH_HOME) $(VENV)/bin/tokenrec etl --ds $(DS) --dataset $(DATASET)
-	$(PY) -m tokenrec.bench.quality --snapshot $(BENCH_SNAPSHOT) --run-dir $(BENCH_HOME)/runs/baselines --set train.progress=false
+	$(PY) -m tokenrec.bench.quality --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
+		--run-dir $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE)
+
+# Seen vs unseen users (10% held out of all training): make bench-unseen DATASET=lastfm
+bench-unseen: $(STAMP)
+	@test -e $(BENCH_SNAPSHOT) || TOKENREC_HOME=$(BENCH_HOME) $(VENV)/bin/tokenrec etl --ds $(DS) --dataset $(DATASET)
+	$(PY) -m tokenrec.bench.unseen_users --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
+		--run-dir $(BENCH_HOME)/runs/unseen-$(BENCH_PROFILE)
 
 bench-report: $(STAMP)
 	$(PY) -m tokenrec.bench.report

@@ -36,8 +36,9 @@ STAGES: dict[str, str] = {
     "publish": "atomically publish the validated recommendations partition",
     "run": "the whole pipeline without Airflow: retrain, then the nightly inference",
     "show": "print the outputs of a date: recommendations with example users, champion, how to open the UIs",
+    "report": "write the HTML report of a date's published recommendations (publish also writes it)",
 }
-TRAINING_STAGES = ("train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "run")
+TRAINING_STAGES = ("train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "promote", "run")
 OTHER_COMMANDS = {
     "sql": "analyst queries over the lake: `tokenrec sql --list`, `tokenrec sql NAME --ds D` (docs/ANALYTICS.md)",
 }
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one config value, e.g. --set etl.kcore=10 (repeatable)")
         if name in TRAINING_STAGES:
             p.add_argument("--run-id", help="retrain run folder name under paths.runs (default <dataset>-<ds>)")
+        if name == "batch-inference":
+            p.add_argument("--engine", choices=("local", "spark"),
+                           help="local: this process; spark: users over Spark executors "
+                           "(same as --set inference.engine=...)")
     return parser
 
 
@@ -73,7 +78,8 @@ def build_config(args: argparse.Namespace) -> Config:
     base: dict[str, Any] = preset(args.dataset) if args.dataset else {}
     if args.profile:
         base = _merge(base, profile(args.profile))
-    return load_config(args.config, args.overrides, base=base or None)
+    engine = [f"inference.engine={args.engine}"] if getattr(args, "engine", None) else []
+    return load_config(args.config, [*args.overrides, *engine], base=base or None)
 
 
 def profile(name: str) -> dict[str, Any]:
@@ -136,12 +142,12 @@ def _task(module: str, stage: str, folder: str) -> Callable[[Config, argparse.Na
     def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         import importlib
 
+        from tokenrec.tracking import failing_retrain, log_stage
+
         task = importlib.import_module(f"tokenrec.tasks.{module}")
         snapshot, run_dir = _snapshot(cfg, args.ds), _run_dir(cfg, args)
-        summary = task.run(cfg, snapshot, run_dir)
-        if cfg.mlflow.enabled:
-            from tokenrec.registry import log_stage
-
+        with failing_retrain(cfg, run_dir.name, stage, snapshot):  # failed stage: retrain run FAILED
+            summary = task.run(cfg, snapshot, run_dir)
             summary["mlflow_run_id"] = log_stage(cfg, run_dir.name, stage, run_dir / folder, snapshot)
         return summary
 
@@ -171,6 +177,12 @@ def stage_show(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return {"text": show(cfg, args.ds)}
 
 
+def stage_report(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.report import write_report
+
+    return write_report(cfg, args.ds)
+
+
 def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """The whole pipeline in one process, in DAG order (Airflow runs the same stages as separate tasks)."""
     summary: dict[str, Any] = {}
@@ -197,12 +209,13 @@ HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
     "train-llm": _task("train_llm", "train-llm", "llm"),
     "evaluate": _task("evaluate", "evaluate", "eval"),
     "register": _dated_task("register", needs_run=True),
-    "promote": _dated_task("promote"),
+    "promote": _dated_task("promote", needs_run=True),
     "batch-inference": _dated_task("batch_inference"),
     "validate-recommendations": _dated_task("validate_recommendations"),
     "publish": _dated_task("publish"),
     "run": stage_run,
     "show": stage_show,
+    "report": stage_report,
 }
 
 

@@ -147,13 +147,16 @@ class GnnConfig:
     eval_batch_size: int = 2048  # users scored at once in the validation evaluations during training
     threads: int = 0  # CPU threads for the sparse graph products (0 = all cores); ignored on a GPU
     refresh_every: int = 1  # 1 = exact; k > 1: approximate, layers 2..L cached for k batches (models/lightgcn.py)
+    seeds: int = 1  # independent trainings (seeds train.seed, train.seed + 1, ...); the one with the best
+    # validation NDCG@20 is kept: model selection on validation, never on test
 
     def __post_init__(self) -> None:
         _one_of("gnn.output", self.output, GNN_OUTPUTS)
         _check_bpr_section("gnn", self)
-        if self.layers < 0 or self.refresh_every < 1:
+        if self.layers < 0 or self.refresh_every < 1 or self.seeds < 1:
             raise ConfigError(
-                f"gnn.layers must be >= 0 and gnn.refresh_every >= 1, got {self.layers} and {self.refresh_every}"
+                "gnn.layers must be >= 0, gnn.refresh_every and gnn.seeds >= 1, got "
+                f"{self.layers}, {self.refresh_every}, {self.seeds}"
             )
 
 
@@ -386,6 +389,7 @@ class RetrievalConfig:
 
 
 MODEL_VERSION_POLICIES = ("recorded", "alias")
+INFERENCE_ENGINES = ("local", "spark")
 
 
 @dataclass
@@ -393,15 +397,30 @@ class InferenceConfig:
     """Nightly batch inference (tokenrec/inference.py) and its output gate (validate_recommendations)."""
 
     topk: int = 100  # K, recommendations per user (fewer only for a user with fewer unseen items)
-    user_batch_size: int = 2048  # users per streamed batch: prompts, forward passes, retrieval, one row group
+    user_batch_size: int = 512  # users per streamed batch: prompts, forward passes, retrieval, one row group
+    # (the Spark engine never splits a batch, so small data sets need several batches to use all executors)
     model_alias: str = "champion"  # registry alias resolved once per run when no version is recorded for the date
     rerun_model: str = "recorded"  # recorded: a rerun of a date that has a staged or published output reuses
     # the model version recorded in its manifest (R7, identical rows); alias: resolve model_alias again
     min_user_coverage: float = 1.0  # gate: users with recommendations / users with >= 1 interaction
     sample_rows: int = 5  # offending rows quoted in a failed gate's message
+    engine: str = "local"  # local: this process streams the user batches; spark: the same batches spread over
+    # Spark executors with mapInPandas (cluster from spark.master), each Python worker loading the model once
+    spark_partitions: int = 0  # spark engine: tasks the user batches are range-partitioned into (0 = Spark's
+    # default parallelism); a batch is never split, so the rows do not depend on this
+    gate_chunk_rows: int = 1_000_000  # gate: output rows validated per chunk (whole users), bounds its memory
+    torch_threads: int = 0  # CPU threads of the forward passes (0 = torch's default in the local engine,
+    # spark.task.cpus per Spark task); both engines give bit-identical scores when they use the same count
 
     def __post_init__(self) -> None:
         _one_of("inference.rerun_model", self.rerun_model, MODEL_VERSION_POLICIES)
+        _one_of("inference.engine", self.engine, INFERENCE_ENGINES)
+        if self.spark_partitions < 0 or self.torch_threads < 0 or self.gate_chunk_rows < 1:
+            raise ConfigError(
+                "inference.spark_partitions and inference.torch_threads must be >= 0 and "
+                f"inference.gate_chunk_rows >= 1, got {self.spark_partitions}, {self.torch_threads} and "
+                f"{self.gate_chunk_rows}"
+            )
         if not 1 <= self.topk <= 32767:  # ranks are int16 in the output contract
             raise ConfigError(f"inference.topk must lie in 1..32767, got {self.topk}")
         if self.user_batch_size < 1 or self.sample_rows < 0:
@@ -435,6 +454,8 @@ class MlflowConfig:
     min_rel_improvement: float = 0.0  # relative margin, e.g. 0.01 = challenger must beat champion by 1 %
     artifact_exclude: list[str] = field(default_factory=lambda: ["checkpoints"])  # top-level names of a stage
     # folder not uploaded as artifacts (resume state, not results); [] uploads the whole folder
+    score_champion: bool = True  # evaluate also scores models:/<registered_model>@champion on this retrain's
+    # split (fold-in of new users/items) for the gate; false leaves the gate without champion numbers
 
     def __post_init__(self) -> None:
         if not self.experiment or not self.registered_model or not self.gated_model:

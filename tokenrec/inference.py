@@ -8,11 +8,14 @@ nightly ``batch_inference`` task; no registry or lake access here.
 - :class:`Recommender` wraps a loaded :class:`~tokenrec.tokenrec_scorer.TokenRecScorer` with token tables
   indexed by user/item index and an item index whose rows need not be the item indices (items folded in
   since training are appended after the trained ones, and item indices without any interaction are absent).
-- :func:`fold_in_recommender` extends the trained tables with users and items that are new since training
-  (:mod:`tokenrec.foldin`) and appends the new items to the index.
+- :func:`fold_in_tables` extends the trained token tables with users and items that are new since training
+  (:mod:`tokenrec.foldin`); :meth:`Recommender.folded` appends the new items to a copy of the index. The
+  tables are computed once (on the driver with the Spark engine) and shipped, so both engines see the same.
 - :func:`write_recommendations` streams the active users in batches of ``inference.user_batch_size`` and
   writes one Parquet row group per batch in the exact ``RECOMMENDATIONS`` schema, so memory stays flat in the
-  number of users (the snapshot itself, the tables and one batch are held).
+  number of users: the snapshot's arrays (O(interactions)), the tables and one batch are held, never the
+  output, and raw ids stay Arrow arrays (no Python object per user). :mod:`tokenrec.inference_spark` runs the
+  same batches on Spark executors.
 
 The prompt is the paper's history prompt over the user's most recent ``H`` interactions of the snapshot (all
 splits, time order); the exclusion set is every item of the user's snapshot history.
@@ -20,16 +23,19 @@ splits, time order); the exclusion set is every item of the user's snapshot hist
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm.auto import tqdm
 
 from tokenrec import schema
@@ -100,6 +106,18 @@ class Recommender:
         """The trained tables as they are: index row j is item j."""
         return cls(scorer, scorer.user_codes, scorer.item_codes, scorer.index, np.arange(len(scorer.index)))
 
+    @classmethod
+    def folded(cls, scorer: TokenRecScorer, tables: FoldedTables) -> Recommender:
+        """The trained model with the fold-in ``tables``; new items go into a copy of the trained index."""
+        index = scorer.index
+        if len(tables.new_items):  # a copy: the trained index stays as the packaged model serves it
+            index = ItemIndex(scorer.index.dim, scorer.index.cfg)
+            index.vectors = scorer.index.vectors.copy()
+            index.index = faiss.clone_index(scorer.index.index)
+            index.add(tables.new_item_vectors)
+        index_items = np.concatenate([np.arange(len(scorer.index)), tables.new_items])
+        return cls(scorer, tables.user_codes, tables.item_codes, index, index_items)
+
     def recommend(
         self, users: np.ndarray, sequences: Sequence[np.ndarray], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -108,19 +126,65 @@ class Recommender:
         Items are item indices (-1 and score -inf beyond a user's unseen items, always at the end).
         """
         users = np.asarray(users, dtype=np.int64)
-        histories = history_codes(sequences, users, self.item_codes, self.scorer.history_len)
-        prompts = variant_prompts("full", self.user_codes[users], histories, self.scorer.history_style)
+        return self.recommend_histories(self.user_codes[users], [sequences[int(u)] for u in users], k)
+
+    def recommend_histories(
+        self, user_codes: np.ndarray, histories: Sequence[np.ndarray], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, items)`` ``(U, k)`` of users given by their tokens and histories.
+
+        Args:
+            user_codes: ``(U, K')`` the users' ID tokens.
+            histories: per user, every item index of their history in time order (the prompt shows the most
+                recent ``H``; all of them are excluded).
+            k: items per user.
+        """
+        positions = np.arange(len(histories))
+        shown = history_codes(histories, positions, self.item_codes, self.scorer.history_len)
+        prompts = variant_prompts("full", np.asarray(user_codes), shown, self.scorer.history_style)
         z = self.scorer.embed_prompts(prompts)  # (U, d)
         exclude = []
-        for user in users:
-            rows = self.item_row[np.asarray(sequences[int(user)], dtype=np.int64)]
+        for history in histories:
+            rows = self.item_row[np.asarray(history, dtype=np.int64)]
             exclude.append(rows[rows >= 0])
         scores, rows = self.index.search(z, k, exclude=exclude)  # (U, k) each
         items = np.where(rows >= 0, self.index_items[np.maximum(rows, 0)], -1)
         return scores, items
 
 
-def fold_in_recommender(
+@dataclass
+class FoldedTables:
+    """A trained model's token tables extended to the current ID maps, and the items new to its index.
+
+    Attributes:
+        user_codes: ``(n_users, K')`` tokens by user index (may be empty where users come with their own).
+        item_codes: ``(n_items, K')`` tokens by item index.
+        new_items: ``(R,)`` item indices appended to the index, ascending.
+        new_item_vectors: ``(R, d)`` their retrieval vectors (the index normalises them).
+        stats: fold-in statistics (``new_users``, ``new_items``, ``cold_*``, ``rounds``).
+    """
+
+    user_codes: np.ndarray
+    item_codes: np.ndarray
+    new_items: np.ndarray
+    new_item_vectors: np.ndarray
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def item_side(self) -> FoldedTables:
+        """The same tables without the user tokens (what every Spark task needs, shipped once)."""
+        empty = np.zeros((0, self.user_codes.shape[1]), dtype=self.user_codes.dtype)
+        return FoldedTables(empty, self.item_codes, self.new_items, self.new_item_vectors, dict(self.stats))
+
+    def item_digest(self) -> str:
+        """SHA-256 over the item side: a shipped copy is the driver's exactly when the digests agree."""
+        digest = hashlib.sha256()
+        for array in (self.item_codes, self.new_items, self.new_item_vectors):
+            digest.update(str((array.dtype, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+def fold_in_tables(
     scorer: TokenRecScorer,
     embeddings: dict[str, np.ndarray],
     tokenizers: dict[str, Tokenizer],
@@ -128,20 +192,17 @@ def fold_in_recommender(
     retrieval_input: str,
     data: InteractionData,
     vocab_size: int,
-) -> tuple[Recommender, dict[str, Any]]:
-    """The recommender for ``data``: trained tables plus users and items that are new since training.
+) -> FoldedTables:
+    """The trained tables extended by the users and items of ``data`` that are new since training.
 
     Args:
-        scorer: the loaded model; the new items go into a copy of its item index.
+        scorer: the loaded model (its trained token tables).
         embeddings: the run's GNN tables ``user``, ``item``, ``user_ego``, ``item_ego`` (float32 arrays).
         tokenizers: the trained ``user`` and ``item`` tokenizers.
         tokenizer_input: which GNN output the tokenizers read, ``propagated`` or ``ego``.
         retrieval_input: the item table the index holds, ``item`` or ``item_ego``.
         data: the current interactions snapshot.
         vocab_size: codes per level in the LLM's ID vocabulary.
-
-    Returns:
-        The recommender and fold-in statistics (``new_users``, ``new_items``, ``cold_*``, ``rounds``).
     """
     suffix = "_ego" if tokenizer_input == "ego" else ""
     tok = fold_in(
@@ -166,60 +227,90 @@ def fold_in_recommender(
             data.n_users,
             data.n_items,
         ).item
-    index = scorer.index
-    if len(tok.new_items):  # a copy: the trained index stays as the packaged model serves it
-        index = ItemIndex(scorer.index.dim, scorer.index.cfg)
-        index.vectors = scorer.index.vectors.copy()
-        index.index = faiss.clone_index(scorer.index.index)
-        index.add(item_vectors[tok.new_items])
-    index_items = np.concatenate([np.arange(len(scorer.item_codes)), tok.new_items])
-    return Recommender(scorer, user_codes, item_codes, index, index_items), tok.stats
+    new_vectors = np.ascontiguousarray(item_vectors[tok.new_items], dtype=np.float32)
+    return FoldedTables(user_codes, item_codes, tok.new_items.astype(np.int64), new_vectors, tok.stats)
+
+
+@dataclass(frozen=True)
+class OutputMeta:
+    """What every output row of one run carries besides the recommendation itself."""
+
+    model_name: str
+    model_version: str
+    generated_at: dt.datetime  # the logical date at 00:00 UTC, never the clock
 
 
 def recommendation_table(
     users: np.ndarray,
     scores: np.ndarray,
     items: np.ndarray,
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
-    model_name: str,
-    model_version: str,
-    generated_at: dt.datetime,
+    user_ids: pa.Array,
+    item_ids: pa.Array,
+    meta: OutputMeta,
 ) -> pa.Table:
     """Rows ``(user_id, rank, item_id, score, model_name, model_version, generated_at)`` of one batch.
 
     Args:
-        users: ``(U,)`` user indices; ``scores``/``items`` ``(U, k)`` from :meth:`Recommender.recommend`.
-        user_ids, item_ids: raw ids by index (the ID maps).
+        users: ``(U,)`` positions in ``user_ids``.
+        scores, items: ``(U, k)`` from :meth:`Recommender.recommend`.
+        user_ids, item_ids: raw ids by position and by item index (string arrays).
+        meta: model name, version and the logical date.
     """
     valid = items >= 0  # (U, k); the filled slots are a prefix of each row
     row_user, rank0 = np.nonzero(valid)
     n = len(row_user)
     return pa.table(
         {
-            schema.USER_ID: pa.array(user_ids[users[row_user]], pa.string()),
+            schema.USER_ID: user_ids.take(pa.array(users[row_user], pa.int64())).cast(pa.string()),
             schema.RANK: pa.array((rank0 + 1).astype(np.int16), pa.int16()),
-            schema.ITEM_ID: pa.array(item_ids[items[valid]], pa.string()),
+            schema.ITEM_ID: item_ids.take(pa.array(items[valid], pa.int64())).cast(pa.string()),
             schema.SCORE: pa.array(scores[valid].astype(np.float32), pa.float32()),
-            schema.MODEL_NAME: pa.array([model_name] * n, pa.string()),
-            schema.MODEL_VERSION: pa.array([model_version] * n, pa.string()),
-            schema.GENERATED_AT: pa.array([generated_at] * n, schema.UTC_TS),
+            schema.MODEL_NAME: pa.repeat(pa.scalar(meta.model_name, pa.string()), n),
+            schema.MODEL_VERSION: pa.repeat(pa.scalar(meta.model_version, pa.string()), n),
+            schema.GENERATED_AT: pa.repeat(pa.scalar(meta.generated_at, schema.UTC_TS), n),
         },
         schema=schema.RECOMMENDATIONS,
     )
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch and faiss CPU threads (0: leave them), then restore torch's count.
+
+    Matrix products split rows over threads differently for different counts, so the last bit of a score
+    can depend on the count; engines that must agree bit for bit use the same one.
+    """
+    if count <= 0:
+        yield
+        return
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
+def user_batches(active: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(batch number, users)``: the active users in index order, ``batch_size`` at a time.
+
+    Both engines cut the same batches, so every forward pass and search sees the same users.
+    """
+    for number, start in enumerate(range(0, len(active), batch_size)):
+        yield number, active[start : start + batch_size]
+
+
 def write_recommendations(
     recommender: Recommender,
     data: InteractionData,
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
+    user_ids: pa.Array,
+    item_ids: pa.Array,
     path: Path,
     k: int,
     batch_size: int,
-    model_name: str,
-    model_version: str,
-    generated_at: dt.datetime,
+    meta: OutputMeta,
     progress: bool = False,
 ) -> dict[str, int]:
     """Recommend for every user with at least one interaction in ``data`` and write one Parquet file.
@@ -227,20 +318,22 @@ def write_recommendations(
     Users are processed in index order, ``batch_size`` at a time, each batch one row group; the output is a
     function of the inputs only (no wall clock, no randomness), so a rerun writes identical rows.
 
+    Args:
+        user_ids, item_ids: raw ids by user and item index (the ID maps).
+
     Returns:
         ``rows``, ``users`` (with at least one row) and ``active_users``.
     """
     sequences = CsrSequences.of(data)
     active = np.flatnonzero(sequences.lengths() > 0)
     rows = users_with_rows = 0
+    n_batches = -(-len(active) // batch_size)
     with pq.ParquetWriter(path, schema.RECOMMENDATIONS) as writer:
-        starts = range(0, len(active), batch_size)
-        for start in tqdm(starts, desc="batch inference", unit="batch", disable=not progress):
-            users = active[start : start + batch_size]
+        batches = tqdm(user_batches(active, batch_size), total=n_batches, desc="batch inference",
+                       unit="batch", disable=not progress)  # fmt: skip
+        for _, users in batches:
             scores, items = recommender.recommend(users, sequences, k)
-            table = recommendation_table(
-                users, scores, items, user_ids, item_ids, model_name, model_version, generated_at
-            )
+            table = recommendation_table(users, scores, items, user_ids, item_ids, meta)
             writer.write_table(table)
             rows += table.num_rows
             users_with_rows += int((items[:, 0] >= 0).sum())

@@ -8,6 +8,9 @@ Agg canvas (headless, no global backend switch) and writes the PNG atomically to
   validation metrics (``record["valid"]``), or, without them, the per-level lists (usage, perplexity);
 - :func:`plot_model_metrics`: an ``eval/metrics.json``: HR@K and NDCG@K, one bar group per model;
 - :func:`plot_codebook_usage`: a tokenizer ``stats.json``: share of the L codes used and perplexity per level.
+
+:func:`stage_plots` draws all that apply to one stage folder; :mod:`tokenrec.tracking` logs them under
+``plots/`` of the stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,37 @@ from typing import Any
 from tokenrec.storage import atomic_write_bytes, read_json
 
 _NOT_CURVES = {"epoch"}  # record keys that are the x axis, not a series
+SPLITS = ("valid", "test")
+
+
+def stage_plots(stage_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], stage: str) -> list[Path]:
+    """Every plot that the files of ``stage_dir`` allow, written into ``out_dir``; returns their paths.
+
+    - ``history.json`` -> ``training_curves.png``; ``<sub>/history.json`` (a baseline trained by
+      ``evaluate``, e.g. ``mf/``) -> ``training_curves_<sub>.png``;
+    - ``metrics.json`` with per-model entries (``evaluate``, ``train-llm``) -> ``metrics_valid.png``,
+      ``metrics_test.png``;
+    - ``stats.json`` with per-level usage (``train-tokenizer``) -> ``codebook_usage.png``.
+    """
+    stage_dir, out_dir = Path(stage_dir), Path(out_dir)
+    made = []
+    if (stage_dir / "history.json").is_file():
+        made.append(plot_training_curves(stage_dir / "history.json", out_dir / "training_curves.png", stage))
+    for history in sorted(stage_dir.glob("*/history.json")):
+        name = history.parent.name
+        made.append(
+            plot_training_curves(history, out_dir / f"training_curves_{name}.png", f"{stage}: {name}")
+        )
+    if (stage_dir / "metrics.json").is_file():
+        document = read_json(stage_dir / "metrics.json")
+        for split in SPLITS:
+            if _models(document, split):
+                made.append(plot_model_metrics(document, out_dir / f"metrics_{split}.png", split))
+    if (stage_dir / "stats.json").is_file():
+        stats = read_json(stage_dir / "stats.json")
+        if any(isinstance(v, dict) and "usage" in v for v in stats.values()):
+            made.append(plot_codebook_usage(stats, out_dir / "codebook_usage.png"))
+    return made
 
 
 def plot_training_curves(history: Any, out: str | os.PathLike[str], title: str = "training") -> Path:
@@ -70,7 +104,7 @@ def plot_model_metrics(metrics: Any, out: str | os.PathLike[str], split: str = "
     """
     if isinstance(metrics, str | os.PathLike):
         metrics = read_json(metrics)
-    models = [m for m, v in metrics.items() if isinstance(v, dict) and isinstance(v.get(split), dict)]
+    models = _models(metrics, split)
     names = sorted({k for m in models for k in metrics[m][split]}, key=_metric_order)
     fig, (ax,) = _figure(ncols=1, size=(max(6, 1.6 * len(models) + 3), 4))
     width = 0.8 / max(1, len(names))
@@ -78,7 +112,7 @@ def plot_model_metrics(metrics: Any, out: str | os.PathLike[str], split: str = "
         xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(models))]
         ys = [float(metrics[m][split].get(name, math.nan)) for m in models]
         ax.bar(xs, ys, width=width, label=name)
-    ax.set_xticks(range(len(models)), models, rotation=20)
+    ax.set_xticks(range(len(models)), [_label(m, metrics[m]) for m in models], rotation=20)
     ax.set_ylabel(split)
     ax.set_title(f"{metrics.get('dataset', '')} {split}: HR@K and NDCG@K per model".strip())
     _legend_or_note(ax)
@@ -123,6 +157,17 @@ def plot_codebook_usage(stats: Any, out: str | os.PathLike[str]) -> Path:
     if not entities:
         _legend_or_note(axes[0])
     return _save(fig, out)
+
+
+def _models(metrics: dict[str, Any], split: str) -> list[str]:
+    """The entries of a metrics document that hold numbers of ``split``."""
+    return [m for m, v in metrics.items() if isinstance(v, dict) and isinstance(v.get(split), dict)]
+
+
+def _label(model: str, entry: dict[str, Any]) -> str:
+    """``champion v3`` for the champion scored on this split (it carries its version), else the name."""
+    version = entry.get("version")
+    return f"{model} v{version}" if version is not None else model
 
 
 def _series(records: list[dict[str, Any]], part: str) -> dict[str, tuple[list[int], list[float]]]:

@@ -175,8 +175,10 @@ class ItemIndex:
         order = np.lexsort((candidates, -exact), axis=-1)[
             :, :k
         ]  # (B, k): score descending, then id ascending
-        top_scores = np.take_along_axis(exact, order, axis=1)
-        top_ids = np.take_along_axis(candidates, order, axis=1)
+        top_scores = np.full((len(users), k), -np.inf, dtype=np.float32)  # (B, k); fetch < k on a tiny catalog
+        top_ids = np.full((len(users), k), -1, dtype=np.int64)
+        top_scores[:, : order.shape[1]] = np.take_along_axis(exact, order, axis=1)
+        top_ids[:, : order.shape[1]] = np.take_along_axis(candidates, order, axis=1)
         # the index has more to give unless it returned everything or fewer than asked
         more = (fetch < len(self)) & (found >= 0).all(axis=1)
         # exact index: unfetched items score <= the last fetched one; if that could tie the K-th, fetch more

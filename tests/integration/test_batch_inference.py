@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -230,6 +231,26 @@ def test_no_champion_fails_at_once_with_a_clear_message(world: World):
     assert staged_version(world.lake.recommendations(DS2)) is None
     with pytest.raises(PublishError, match="nothing staged"):
         publish.run(other, DS2, None)
+
+
+def test_the_gate_validates_chunk_by_chunk_and_catches_a_user_spread_over_two_chunks(world: World):
+    """Gate scale-out: the same expectations per chunk of whole users; totals and duplicates across chunks."""
+    chunked = dataclasses.replace(world.cfg.inference, gate_chunk_rows=200)
+    small = dataclasses.replace(world.cfg, inference=chunked)
+    staged = Path(batch_inference.run(world.cfg, DS, None)["staged"])
+    good = pq.read_table(staged / batch_inference.PART_FILE)
+    passed = validate_recommendations.run(small, DS, None)
+    assert passed["chunks"] >= good.num_rows // 200 >= 2
+
+    first_user = good.column("user_id")[0].as_py()
+    again = good.filter(pc.equal(good.column("user_id"), first_user))  # the whole user once more, at the end
+    pq.write_table(pa.concat_tables([good, again]), staged / batch_inference.PART_FILE)
+    with pytest.raises(DataValidationError) as failed:
+        validate_recommendations.run(small, DS, None)
+    message = str(failed.value)
+    assert "in_one_chunk" in message and first_user in message
+    assert f"{good.num_rows} rows recorded in the manifest" in message
+    pq.write_table(good, staged / batch_inference.PART_FILE)  # the staged output as batch_inference wrote it
 
 
 @pytest.mark.gpu

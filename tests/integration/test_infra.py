@@ -362,3 +362,100 @@ def test_values_passed_to_jobs_are_valid_tokenrec_config(tmp_path, monkeypatch):
     assert configs
     for path in configs:
         load_config(path)
+
+
+# ----------------------------------------------------------------------------------------------- references
+
+
+def _k8s_documents() -> list[tuple[Path, dict]]:
+    return [
+        (p, doc)
+        for p in sorted((INFRA / "k8s").glob("*.yaml"))
+        if p.name not in ("airflow-values.yaml", "kustomization.yaml")
+        for doc in _load(p)
+    ]
+
+
+def _walk(node, key: str) -> list:
+    """Every value stored under ``key`` anywhere in a parsed YAML tree."""
+    found, stack = [], [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found += [v for k, v in item.items() if k == key]
+            stack += list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    return found
+
+
+def test_kubernetes_names_that_manifests_reference_are_defined():
+    """Volumes, config maps, secrets, service accounts, roles and selectors point at objects that exist."""
+    helm = _helm()
+    defined = {(doc["kind"], doc["metadata"]["name"]) for _, doc in _k8s_documents()}
+    assert helm["workers"]["serviceAccount"]["create"]
+    defined.add(("ServiceAccount", helm["workers"]["serviceAccount"]["name"]))  # the chart creates it
+    readme = (INFRA / "README.md").read_text()
+    defined |= {("Secret", name) for name in re.findall(r"create secret generic ([\w-]+)", readme)}
+    trees = [doc for _, doc in _k8s_documents()] + [helm]
+
+    claims = [v["claimName"] for tree in trees for v in _walk(tree, "persistentVolumeClaim")]
+    spark_conf = _load(INFRA / "k8s" / "spark.yaml")[0]["data"]["spark-defaults.conf"]
+    settings = dict(line.split(None, 1) for line in spark_conf.splitlines() if line.strip())
+    claims += [v for k, v in settings.items() if k.endswith(".options.claimName")]
+    config_maps = [v["name"] for tree in trees for v in _walk(tree, "configMap")]
+    secrets = [v["name"] for tree in trees for v in _walk(tree, "secretKeyRef")]
+    secrets += [helm["data"]["metadataSecretName"], helm["fernetKeySecretName"]]
+    references = [("PersistentVolumeClaim", n) for n in claims] + [("ConfigMap", n) for n in config_maps]
+    references += [("Secret", n) for n in secrets]
+    for _, doc in _k8s_documents():
+        if doc["kind"] == "RoleBinding":
+            references += [(s["kind"], s["name"]) for s in doc["subjects"]]
+            references.append((doc["roleRef"]["kind"], doc["roleRef"]["name"]))
+    assert len(references) >= 8
+    missing = [ref for ref in references if ref not in defined]
+    assert not missing, f"referenced but defined nowhere in infra/: {missing}"
+
+    deployments = {doc["metadata"]["name"]: doc for _, doc in _k8s_documents() if doc["kind"] == "Deployment"}
+    for _, service in [(p, d) for p, d in _k8s_documents() if d["kind"] == "Service"]:
+        selected = [
+            name
+            for name, d in deployments.items()
+            if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert selected, f"Service {service['metadata']['name']} selects no Deployment"
+        ports = {p["name"] for c in deployments[selected[0]]["spec"]["template"]["spec"]["containers"]
+                 for p in c["ports"]}  # fmt: skip
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    mlflow = urlparse(_helm_env()["AIRFLOW_VAR_TOKENREC_MLFLOW_URI"])
+    services = {d["metadata"]["name"]: d for _, d in _k8s_documents() if d["kind"] == "Service"}
+    assert mlflow.port in {p["port"] for p in services[mlflow.hostname]["spec"]["ports"]}
+
+
+def test_kustomization_namespace_and_spark_settings_agree():
+    (kustomization,) = _load(INFRA / "k8s" / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in (INFRA / "k8s").glob("*.yaml")} - {"airflow-values.yaml", "kustomization.yaml"}
+    assert listed == on_disk, "kubectl apply -k must apply every manifest"
+    (namespace,) = [d["metadata"]["name"] for _, d in _k8s_documents() if d["kind"] == "Namespace"]
+    assert kustomization["namespace"] == namespace
+    assert {d["metadata"].get("namespace", namespace) for _, d in _k8s_documents()} == {namespace}
+    spark_conf = _load(INFRA / "k8s" / "spark.yaml")[0]["data"]["spark-defaults.conf"]
+    settings = dict(line.split(None, 1) for line in spark_conf.splitlines() if line.strip())
+    assert settings["spark.kubernetes.namespace"] == namespace
+    assert all(key.startswith("spark.") for key in settings)
+    helm = _helm()
+    (mount,) = [m["mountPath"] for m in helm["volumeMounts"] for v in helm["volumes"]
+                if v["name"] == m["name"] and "configMap" in v]  # fmt: skip
+    assert _helm_env()["SPARK_CONF_DIR"] == mount, "spark-submit must find spark-defaults.conf"
+    home = _helm_env()["AIRFLOW_VAR_TOKENREC_HOME"]
+    assert settings["spark.kubernetes.executor.volumes.persistentVolumeClaim.home.mount.path"] == home
+    assert settings["spark.executorEnv.TOKENREC_HOME"] == home
+
+
+def test_every_compose_variable_is_in_the_env_example():
+    files = (INFRA / "compose").glob("docker-compose*.yml")
+    used = {name for p in files for name in re.findall(r"\$\{(\w+)", p.read_text())}
+    lines = (INFRA / "compose" / ".env.example").read_text().splitlines()
+    keys = {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
+    assert used == keys, f"used but not in .env.example: {used - keys}; unused there: {keys - used}"

@@ -113,18 +113,27 @@ def build_world(root: Path, registered_model: str = "tokenrec") -> World:
     publish_snapshot(lake, DS, data, 0, 0)
 
     run_dir = Path(cfg.paths.runs) / f"synthetic-{DS}"
+    write_run(cfg, lake.interactions(DS), run_dir, data)
+    write_metrics(run_dir, 0.10, champion=None)
+    return World(cfg, run_dir, data, lake)
+
+
+def write_run(cfg: Config, snapshot: Path, run_dir: Path, data: InteractionData) -> Path:
+    """A run folder for ``snapshot``: cluster-shaped GNN tables (user u and item ring u % CLUSTERS, as
+    :func:`make_walks` draws them), trained tokenizers and an untrained tiny LLM4Rec saved as train-llm
+    saves it."""
     (run_dir / "gnn").mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(CLUSTERS, DIM, generator=g)
-    ring = N_ITEMS // CLUSTERS
-    items = centres[torch.arange(N_ITEMS) // ring] + 0.3 * torch.randn(N_ITEMS, DIM, generator=g)
-    users = centres[torch.arange(N_USERS) % CLUSTERS] + 0.1 * torch.randn(N_USERS, DIM, generator=g)
+    ring = data.n_items // CLUSTERS
+    items = centres[torch.arange(data.n_items) // ring] + 0.3 * torch.randn(data.n_items, DIM, generator=g)
+    users = centres[torch.arange(data.n_users) % CLUSTERS] + 0.1 * torch.randn(data.n_users, DIM, generator=g)
     tables = {"user": users, "item": items, "user_ego": 0.5 * users, "item_ego": 0.5 * items}
     save_file(tables, run_dir / "gnn" / "embeddings.safetensors")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_tokenizer.run(cfg, lake.interactions(DS), run_dir)
+        train_tokenizer.run(cfg, snapshot, run_dir)
         torch.manual_seed(0)
         backbone = tiny_backbone("tiny-bert", seed=0)
         vocab = add_id_tokens(backbone, 3, 8, seed=0)
@@ -132,13 +141,24 @@ def build_world(root: Path, registered_model: str = "tokenrec") -> World:
         save_model(model, vocab, cfg, run_dir / "llm", "item", 1, 3, 8)
     finally:
         torch.set_num_threads(threads)
-    write_metrics(run_dir, 0.10)
-    return World(cfg, run_dir, data, lake)
+    return run_dir
 
 
-def write_metrics(run_dir: Path, ndcg: float) -> None:
+def write_metrics(run_dir: Path, ndcg: float, champion: tuple[int, float] | None = (1, 0.10)) -> None:
+    """An ``eval/metrics.json`` as ``evaluate`` writes it: NDCG@20 = ``ndcg``, HR@20 = 2 ``ndcg``.
+
+    ``champion``: ``(version, ndcg)`` of the champion scored on the same split (default: version 1, the
+    model of :func:`build_world`, which scores 0.10), or None when there is no champion. The gate reads
+    validation numbers only, so the champion entry holds just those.
+    """
     valid = {"HR@20": 2 * ndcg, "NDCG@20": ndcg}
     document = {"tokenrec": {"valid": valid, "test": valid}, "dataset": "synthetic", "protocol": {}}
+    if champion is None:
+        document["champion"] = {"name": "tokenrec", "version": None, "note": "no champion"}
+    else:
+        version, score = champion
+        document["champion"] = {"name": "tokenrec", "version": version,
+                                 "valid": {"HR@20": 2 * score, "NDCG@20": score}}  # fmt: skip
     atomic_write_json(run_dir / "eval" / "metrics.json", document)
 
 

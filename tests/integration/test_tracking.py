@@ -1,4 +1,5 @@
-"""Real MLflow tracking on a SQLite store: parent run per retrain, child run per stage, what each one holds.
+"""Real MLflow tracking on a SQLite store: parent run per retrain, child run per stage, what each one holds,
+and the parent's status (RUNNING, FAILED when a stage fails, RUNNING again on a retry, FINISHED at the end).
 
 One store per module (creating the SQLite schema takes seconds). Stage folders follow the artifact layout of
 the brief (gnn/, tokenizer/, eval/) with small but well-formed files.
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tokenrec import plots, registry
+from tokenrec import plots, tracking
 from tokenrec.config import Config, PathsConfig, SparkConfig
 
 pytestmark = pytest.mark.integration
@@ -34,13 +35,13 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         config = Config(paths=PathsConfig(home=str(home)), spark=SparkConfig(conf={"spark.long": "x" * 7000}))
-        config.mlflow.tracking_uri = registry.tracking_uri(config)  # freeze the default for later tests
+        config.mlflow.tracking_uri = tracking.tracking_uri(config)  # freeze the default for later tests
         yield config
 
 
 @pytest.fixture(scope="module")
 def client(cfg: Config):
-    return registry.connect(cfg)[0]
+    return tracking.connect(cfg)[0]
 
 
 def write_gnn_dir(folder: Path, epochs: int = 6) -> Path:
@@ -96,6 +97,7 @@ def eval_metrics() -> dict:
     return {
         "mostpop": {"valid": ks, "test": ks},
         "tokenrec": {"valid": {k: 2 * v for k, v in ks.items()}, "test": ks},
+        "champion": {"name": "tokenrec", "version": 3, "valid": ks, "test": ks, "fold_in": {"new_users": 4}},
         "dataset": "ml100k",
         "protocol": {"ks": [10, 20]},
     }
@@ -117,14 +119,14 @@ def test_default_store_and_artifact_root_live_under_home(cfg: Config, client) ->
 
 @pytest.mark.slow  # a second Python process imports MLflow: ~5 s idle, ~15 s on a busy machine
 def test_stages_from_separate_processes_share_one_parent(cfg: Config, client, tmp_path: Path) -> None:
-    gnn = registry.log_stage(cfg, RETRAIN, "train-gnn", write_gnn_dir(tmp_path / "gnn"), SNAPSHOT)
+    gnn = tracking.log_stage(cfg, RETRAIN, "train-gnn", write_gnn_dir(tmp_path / "gnn"), SNAPSHOT)
     tok_dir = write_tokenizer_dir(tmp_path / "tokenizer")
     script = textwrap.dedent(f"""
-        from tokenrec import registry
+        from tokenrec import tracking
         from tokenrec.config import Config, PathsConfig
         cfg = Config(paths=PathsConfig(home={cfg.paths.home!r}))
         cfg.mlflow.tracking_uri = {cfg.mlflow.tracking_uri!r}
-        print(registry.log_stage(cfg, {RETRAIN!r}, "train-tokenizer", {str(tok_dir)!r}, {SNAPSHOT!r}))
+        print(tracking.log_stage(cfg, {RETRAIN!r}, "train-tokenizer", {str(tok_dir)!r}, {SNAPSHOT!r}))
     """)
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -146,13 +148,13 @@ def test_stages_from_separate_processes_share_one_parent(cfg: Config, client, tm
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["tokenrec.snapshot"] == SNAPSHOT
         assert run.data.tags["tokenrec.snapshot_date"] == "2026-11-27"
-        assert run.data.tags["tokenrec.git_commit"] == registry.git_commit() != ""
+        assert run.data.tags["tokenrec.git_commit"] == tracking.git_commit() != ""
         assert run.data.tags["tokenrec.current"] == "true"
         assert run.info.status == "FINISHED"
 
 
 def test_params_metrics_artifacts_and_plots_are_logged(cfg: Config, client, tmp_path: Path) -> None:
-    run_id = registry.log_stage(cfg, "logged-1", "train-gnn", write_gnn_dir(tmp_path / "gnn"), SNAPSHOT)
+    run_id = tracking.log_stage(cfg, "logged-1", "train-gnn", write_gnn_dir(tmp_path / "gnn"), SNAPSHOT)
     run = client.get_run(run_id)
     params = run.data.params
     assert params["gnn.dim"] == "64" and params["eval.ks"] == "[10, 20, 30]"
@@ -182,7 +184,7 @@ def test_params_metrics_artifacts_and_plots_are_logged(cfg: Config, client, tmp_
 
 
 def test_tokenizer_and_eval_folders_log_levels_and_models(cfg: Config, client, tmp_path: Path) -> None:
-    tok = registry.log_stage(cfg, "logged-2", "train-tokenizer", write_tokenizer_dir(tmp_path / "tok"))
+    tok = tracking.log_stage(cfg, "logged-2", "train-tokenizer", write_tokenizer_dir(tmp_path / "tok"))
     history = client.get_metric_history(tok, "epoch.item.usage.2")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 1.0), (3, 1.0)]
     metrics = client.get_run(tok).data.metrics
@@ -191,21 +193,28 @@ def test_tokenizer_and_eval_folders_log_levels_and_models(cfg: Config, client, t
 
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(eval_metrics()))
-    ev = registry.log_stage(cfg, "logged-2", "evaluate", tmp_path / "eval")
+    write_gnn_dir(tmp_path / "eval" / "mf")  # a baseline trained by evaluate, with its own history.json
+    ev = tracking.log_stage(cfg, "logged-2", "evaluate", tmp_path / "eval")
     metrics = client.get_run(ev).data.metrics
     assert metrics["tokenrec.valid.NDCG_at_20"] == pytest.approx(0.16)
     assert metrics["mostpop.test.HR_at_10"] == pytest.approx(0.1)
+    assert metrics["champion.valid.NDCG_at_20"] == pytest.approx(0.08)  # the champion on the same split
+    assert metrics["champion.fold_in.new_users"] == 4 and "champion.version" not in metrics
     assert not any(key.startswith("protocol") for key in metrics)
-    assert {a.path for a in client.list_artifacts(ev, "plots")} == {"plots/metrics_valid.png"}
+    assert {a.path for a in client.list_artifacts(ev, "plots")} == {
+        "plots/metrics_valid.png",
+        "plots/metrics_test.png",
+        "plots/training_curves_mf.png",
+    }
 
 
 def test_rerun_supersedes_and_failed_rerun_keeps_the_previous_result(cfg: Config, client, tmp_path) -> None:
     folder = write_gnn_dir(tmp_path / "gnn")
-    first = registry.log_stage(cfg, "rerun-1", "train-gnn", folder, SNAPSHOT)
-    second = registry.log_stage(cfg, "rerun-1", "train-gnn", folder, SNAPSHOT)
+    first = tracking.log_stage(cfg, "rerun-1", "train-gnn", folder, SNAPSHOT)
+    second = tracking.log_stage(cfg, "rerun-1", "train-gnn", folder, SNAPSHOT)
     with (
         pytest.raises(RuntimeError, match="killed"),
-        registry.stage_run(cfg, "rerun-1", "train-gnn", SNAPSHOT),
+        tracking.stage_run(cfg, "rerun-1", "train-gnn", SNAPSHOT),
     ):
         raise RuntimeError("killed")
 
@@ -219,10 +228,69 @@ def test_rerun_supersedes_and_failed_rerun_keeps_the_previous_result(cfg: Config
     assert len({r.data.tags["mlflow.parentRunId"] for r in (old, new, failed)}) == 1
 
 
+def test_parent_run_fails_with_its_stage_runs_again_on_retry_and_finishes_at_the_end(
+    cfg: Config, client, tmp_path: Path
+) -> None:
+    retrain = "status-1"
+    tracking.log_stage(cfg, retrain, "train-gnn", write_gnn_dir(tmp_path / "gnn"), SNAPSHOT)
+    parent = tracking.retrain_run(cfg, retrain)
+    assert client.get_run(parent).info.status == "RUNNING"
+
+    with (
+        pytest.raises(RuntimeError, match="out of memory"),
+        tracking.failing_retrain(cfg, retrain, "train-llm"),
+    ):
+        raise RuntimeError("out of memory")
+    failed = client.get_run(parent)
+    assert failed.info.status == "FAILED" and failed.info.end_time is not None
+    assert failed.data.tags["tokenrec.failed_stage"] == "train-llm"
+    assert failed.data.tags["tokenrec.error"] == "RuntimeError: out of memory"
+
+    tracking.log_stage(cfg, retrain, "train-llm", write_gnn_dir(tmp_path / "llm"), SNAPSHOT)  # the retry
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert tracking.end_retrain(cfg, retrain, "FINISHED", {"tokenrec.promoted": "true"}) == parent
+    done = client.get_run(parent)
+    assert done.info.status == "FINISHED" and done.data.tags["tokenrec.promoted"] == "true"
+    with pytest.raises(ValueError, match="FINISHED or FAILED"):
+        tracking.end_retrain(cfg, retrain, "KILLED")
+
+
 def test_disabled_tracking_logs_nothing(cfg: Config, tmp_path: Path) -> None:
     off = Config(paths=cfg.paths)
     off.mlflow.enabled = False
-    assert registry.log_stage(off, "off-1", "train-gnn", write_gnn_dir(tmp_path / "gnn")) is None
+    assert tracking.log_stage(off, "off-1", "train-gnn", write_gnn_dir(tmp_path / "gnn")) is None
+
+
+def test_stage_plots_cover_curves_model_comparison_and_codebooks(tmp_path: Path) -> None:
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "metrics.json").write_text(json.dumps(eval_metrics()))
+    write_gnn_dir(eval_dir / "mf")
+    made = {p.name for p in plots.stage_plots(eval_dir, tmp_path / "out-eval", "evaluate")}
+    assert made == {"metrics_valid.png", "metrics_test.png", "training_curves_mf.png"}
+    tok = {
+        p.name for p in plots.stage_plots(write_tokenizer_dir(tmp_path / "tok"), tmp_path / "out-tok", "t")
+    }
+    assert tok == {"training_curves.png", "codebook_usage.png"}
+    gnn = {p.name for p in plots.stage_plots(write_gnn_dir(tmp_path / "gnn"), tmp_path / "out-gnn", "g")}
+    assert gnn == {"training_curves.png"}  # gnn/metrics.json holds one model's numbers, no model entries
+    assert plots.stage_plots(tmp_path / "out-gnn", tmp_path / "nothing", "x") == []  # only PNGs there
+
+
+def test_the_champion_bar_is_labelled_with_its_version(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    drawn: list[list[str]] = []
+    original = Figure.savefig
+
+    def keep_labels(fig, *args, **kwargs):
+        drawn.append([t.get_text() for t in fig.axes[0].get_xticklabels()])
+        return original(fig, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", keep_labels)
+        plots.plot_model_metrics(eval_metrics(), tmp_path / "m.png", "valid")
+    assert drawn == [["mostpop", "tokenrec", "champion v3"]]
 
 
 def test_plots_write_non_empty_pngs(tmp_path: Path) -> None:
@@ -240,5 +308,5 @@ def test_plots_write_non_empty_pngs(tmp_path: Path) -> None:
 
 
 def test_ids_that_could_break_a_search_filter_are_refused(cfg: Config) -> None:
-    with pytest.raises(registry.RegistryError, match="retrain and stage ids"):
-        registry.retrain_run(cfg, "x' or tags.a = 'b")
+    with pytest.raises(tracking.RegistryError, match="retrain and stage ids"):
+        tracking.retrain_run(cfg, "x' or tags.a = 'b")

@@ -120,7 +120,7 @@ class _Oracle:
 def test_train_gnn_and_evaluate_stages_write_the_contract(walks_snapshot: Path, tmp_path: Path) -> None:
     cfg = load_config(
         overrides=[
-            "train.progress=false",
+            "train.progress=false", f"paths.home={tmp_path / 'home'}",
             "gnn.dim=16", "gnn.max_epochs=4", "gnn.eval_every=2", "gnn.lr=0.01",
             "mf.dim=16", "mf.max_epochs=4", "mf.eval_every=2",
             "sasrec.dim=16", "sasrec.layers=1", "sasrec.max_epochs=2",
@@ -154,6 +154,22 @@ def test_train_gnn_and_evaluate_stages_write_the_contract(walks_snapshot: Path, 
     assert doc["lightgcn"] == {"valid": gnn_metrics["valid"], "test": gnn_metrics["test"]}
     assert doc["oracle"]["test"]["NDCG@10"] == 1.0
     assert (run_dir / "eval" / "config.yaml").is_file() and (run_dir / "gnn" / "config.yaml").is_file()
+
+
+def test_train_gnn_keeps_the_seed_best_on_validation(walks_snapshot: Path, tmp_path: Path) -> None:
+    base = ["train.progress=false", "gnn.dim=16", "gnn.max_epochs=2", "gnn.eval_every=1", "gnn.lr=0.01"]
+    train_gnn.run(load_config(overrides=[*base, "gnn.seeds=3"]), walks_snapshot, tmp_path / "three")
+    metrics = json.loads((tmp_path / "three" / "gnn" / "metrics.json").read_text())
+    seeds = metrics["seeds"]
+    first = load_config().train.seed
+    assert [s["seed"] for s in seeds] == [first, first + 1, first + 2]
+    best = max(seeds, key=lambda s: s["valid"]["NDCG@20"])
+    assert metrics["valid"]["NDCG@20"] == pytest.approx(best["valid"]["NDCG@20"])  # selected on validation
+    assert all((tmp_path / "three" / "gnn" / f"seed-{first + r}" / "history.json").is_file() for r in range(3))
+    # Each seed is the same training as a one-seed run with that seed.
+    train_gnn.run(load_config(overrides=[*base, f"train.seed={best['seed']}"]), walks_snapshot, tmp_path / "one")
+    single = json.loads((tmp_path / "one" / "gnn" / "metrics.json").read_text())
+    assert single["valid"] == metrics["valid"] and single["test"] == metrics["test"]
 
 
 def test_unknown_model_names_are_rejected(walks_snapshot: Path, tmp_path: Path) -> None:

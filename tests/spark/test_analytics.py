@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenrec import analytics, schema
-from tokenrec.data.id_maps import append_ids
+from tokenrec import analytics, report, schema
+from tokenrec.data.id_maps import append_ids, read_id_map
+from tokenrec.data.interactions import InteractionData
 from tokenrec.storage import publish_partition
 
 pytestmark = pytest.mark.spark
@@ -300,6 +301,28 @@ def test_cli_main_runs_a_query_and_reports_errors(spark, views, lake, capsys, ho
     assert "available: fct_catalog_coverage_daily" in capsys.readouterr().err
     assert analytics.main(["fct_item_exposure", "--ds", "27.11.2026"]) == 2
     assert analytics.main(["fct_item_exposure", "--ds", D2, "--param", "k=3"]) == 2  # not a parameter of it
+
+
+def test_the_nightly_report_counts_as_the_queries_do(spark, views, lake):
+    """tokenrec.report's coverage and popular share are fct_catalog_coverage_daily's and fct_popular_share's."""
+    users, items = _id_map_idx(USERS), _id_map_idx(ITEMS)
+    snapshot = pq.read_table(lake.interactions(D2), schema=schema.INTERACTIONS)
+    data = InteractionData.from_table(snapshot, len(users), len(items))
+    stats = report.output_stats(
+        pq.read_table(lake.recommendations(D2), schema=schema.RECOMMENDATIONS),
+        read_id_map(lake.id_map(schema.ITEMS)),
+        data,
+        D2,
+    )
+    (coverage,) = [r for r in _rows(spark, "fct_catalog_coverage_daily", D2) if r["dt"] == DAY2]
+    assert (stats.catalog_size, stats.items_recommended) == (coverage["catalog_size"], 5)
+    assert stats.catalog_coverage == pytest.approx(coverage["catalog_coverage"])
+    assert stats.top_item_exposure_share == pytest.approx(coverage["top_item_exposure_share"])
+    assert stats.popular_items == 1  # ceil(10 % of the 6 catalog items): i1, 3 training interactions
+    (popular,) = _rows(spark, "fct_popular_share", D2, top_n=stats.popular_items)
+    assert stats.popular_share == pytest.approx(popular["popular_share"]) == pytest.approx(2 / 9)
+    assert stats.decile_rec_share[0] == pytest.approx(stats.popular_share)
+    assert stats.popular_train_share == pytest.approx(3 / 8)  # i1's 3 of the 8 training interactions
 
 
 DUCKDB_PARAMS = {"fct_user_top_k": {"user_id": "u1"}}

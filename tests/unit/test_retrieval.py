@@ -75,6 +75,19 @@ def test_a_user_with_fewer_unseen_items_than_k_gets_padding():
     assert list(ids[2][4:]) == [-1, -1] and np.all(np.isneginf(scores[2][4:]))
 
 
+def test_k_larger_than_the_catalog_returns_every_unseen_item_then_padding():
+    rng = np.random.default_rng(5)
+    items = rng.standard_normal((24, 8)).astype(np.float32)
+    queries = rng.standard_normal((3, 8)).astype(np.float32)
+    seen = [np.array([1, 2]), np.array([], dtype=np.int64), np.arange(24)]
+    scores, ids = ItemIndex.build(items).search(queries, 30, exclude=seen)
+    assert ids.shape == scores.shape == (3, 30)
+    assert sorted(ids[0][:22].tolist()) == sorted(set(range(24)) - {1, 2}) and set(ids[0][22:]) == {-1}
+    assert sorted(ids[1][:24].tolist()) == list(range(24)) and set(ids[1][24:]) == {-1}
+    assert set(ids[2]) == {-1} and np.all(np.isneginf(scores[2]))
+    assert np.all(np.diff(scores[1][:24]) <= 0)
+
+
 def test_exclusion_is_exact_for_users_who_have_seen_many_items():
     rng = np.random.default_rng(3)
     items = rng.standard_normal((300, 8)).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -65,3 +66,13 @@ def write_result(name: str, results: Any, command: str | None = None) -> Path:
     path = atomic_write_json(RESULTS / f"{name}.json", payload)
     print(json.dumps(payload, indent=2))
     return path
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that trains on one snapshot: where, and the config layers (as the CLI's)."""
+    parser.add_argument("--snapshot", required=True, type=Path, help="interactions snapshot folder")
+    parser.add_argument("--run-dir", required=True, type=Path, help="run folder for the stages' outputs")
+    parser.add_argument("--dataset", help="data set preset (ml100k, lastfm, beauty)")
+    parser.add_argument("--profile", help="shipped config profile (tokenrec/profiles/<name>.yaml)")
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", help="config override")

@@ -1,11 +1,17 @@
-"""Quality benchmark of the baselines: LightGCN (train-gnn) and every model of ``eval.baselines`` (evaluate).
+"""Quality benchmark: every model on one data set's frozen split, as ``docs/benchmarks/quality-<dataset>.json``.
 
-    python -m tokenrec.bench.quality --snapshot var/bench/lastfm/lake/interactions/snapshot_date=2026-11-27 \\
-        --run-dir var/bench/lastfm/runs/baselines
+    python -m tokenrec.bench.quality --dataset lastfm --profile bench-cpu \\
+        --snapshot var/bench/lastfm/lake/interactions/snapshot_date=2026-11-27 --run-dir var/bench/lastfm/runs/q
 
-Runs the two stages exactly as the pipeline does (same split, full ranking, exclusion, selection on
-validation) and writes ``docs/benchmarks/quality-baselines-<dataset>.json``: the evaluate stage's
-``metrics.json``, the seconds each stage took, the command, the commit, the machine and the date. ``--set section.key=value`` overrides the config.
+Runs the pipeline's own stages in order on one snapshot (same split, full ranking, seen items excluded, model
+selection on validation only): ``train-gnn`` (LightGCN), then, when the evaluated models include TokenRec,
+``train-tokenizer`` and ``train-llm``, and finally ``evaluate`` with every model of ``eval.baselines``
+(most-popular, MF, LightGCN, SASRec, the TokenRec variants). The result file holds the ``evaluate`` stage's
+``metrics.json`` (DESIGN.md, "Machine-readable results"), LightGCN's training summary (selected epoch, epochs,
+seconds per epoch, every seed when ``gnn.seeds`` > 1), the tokenizer statistics for users and items (usage and
+perplexity per level, reconstruction error, entities sharing a code tuple), LLM4Rec's training history, the
+seconds of each stage, the config layers used, the command, the commit, the machine and the date.
+``--set section.key=value`` overrides the config; ``--skip`` reuses stages already in ``--run-dir``.
 """
 
 from __future__ import annotations
@@ -15,47 +21,51 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
-from tokenrec.bench.machine import write_result
-from tokenrec.config import load_config
-from tokenrec.tasks import evaluate, train_gnn
+from tokenrec.bench.machine import add_run_arguments, write_result
+from tokenrec.cli import build_config
+from tokenrec.storage import read_json
+from tokenrec.tasks import evaluate, train_gnn, train_llm, train_tokenizer
+
+STAGES = {"gnn": train_gnn, "tokenizer": train_tokenizer, "llm": train_llm, "evaluate": evaluate}
+TOKENREC_MODELS = ("tokenrec", "tokenrec_id_only", "tokenrec_unseen_prompt")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--snapshot", required=True, type=Path, help="interactions snapshot folder")
-    parser.add_argument("--run-dir", required=True, type=Path, help="run folder (gnn/ and eval/ go here)")
-    parser.add_argument(
-        "--name", help="result name: docs/benchmarks/<name>.json (default quality-baselines-<dataset>)"
-    )
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", help="config override")
-    parser.add_argument("--skip-gnn", action="store_true", help="reuse run-dir/gnn from an earlier run")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--name", help="result name: docs/benchmarks/<name>.json (default quality-<dataset>)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(STAGES), help="reuse these stages' outputs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = build_config(args)
+    with_tokenrec = any(name in cfg.eval.baselines for name in TOKENREC_MODELS)
     seconds: dict[str, float] = {}
-    if not args.skip_gnn:
+    for name, stage in STAGES.items():
+        if name in args.skip or (name in ("tokenizer", "llm") and not with_tokenrec):
+            continue
         started = time.perf_counter()
-        train_gnn.run(cfg, args.snapshot, args.run_dir)
-        seconds["train_gnn"] = time.perf_counter() - started
-    started = time.perf_counter()
-    evaluate.run(cfg, args.snapshot, args.run_dir)
-    seconds["evaluate"] = time.perf_counter() - started
-    metrics = json.loads((args.run_dir / evaluate.EVAL_DIR / evaluate.METRICS_FILE).read_text())
-    gnn_metrics = json.loads((args.run_dir / train_gnn.GNN_DIR / "metrics.json").read_text())
-    document = {
+        stage.run(cfg, args.snapshot, args.run_dir)
+        seconds[name] = time.perf_counter() - started
+
+    run = args.run_dir
+    metrics = read_json(run / evaluate.EVAL_DIR / evaluate.METRICS_FILE)
+    gnn = read_json(run / train_gnn.GNN_DIR / "metrics.json")
+    document: dict[str, Any] = {
         **metrics,
-        "lightgcn_training": {k: gnn_metrics[k] for k in ("best_epoch", "epochs", "seconds_per_epoch")},
+        "lightgcn_training": {k: gnn[k] for k in ("best_epoch", "epochs", "seconds_per_epoch", "seeds") if k in gnn},
         "seconds": seconds,
+        "profile": args.profile,
         "overrides": args.overrides,
     }
+    if with_tokenrec:
+        document["tokenizer_stats"] = read_json(run / "tokenizer" / "stats.json")
+        document["llm_training"] = read_json(run / "llm" / "history.json")
     command = " ".join(["python -m tokenrec.bench.quality", *(argv if argv is not None else sys.argv[1:])])
-    write_result(args.name or f"quality-baselines-{metrics['dataset']}", document, command=command)
+    path = write_result(args.name or f"quality-{metrics['dataset']}", document, command=command)
+    print(json.dumps({"written": str(path), **{m: v for m, v in metrics.items() if isinstance(v, dict)}})[:4000])
 
 
 if __name__ == "__main__":

@@ -42,9 +42,66 @@ def _quality(doc: dict[str, Any]) -> list[str]:
     protocol = res.get("protocol")
     if protocol:
         lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in protocol.items()) + "."]
+    seeds = res.get("lightgcn_training", {}).get("seeds", [])
+    if len(seeds) > 1:
+        lines += ["", "LightGCN seeds (the one best on validation NDCG@20 is the `lightgcn` row):", ""]
+        lines += ["| seed | best epoch | valid HR@20 | valid NDCG@20 |", "|---|---|---|---|"]
+        lines += [f"| {s['seed']} | {s['best_epoch']} | {s['valid']['HR@20']:.4f} | {s['valid']['NDCG@20']:.4f} |"
+                  for s in seeds]
+    stats = res.get("tokenizer_stats")
+    if stats:
+        lines += ["", "Tokenizer statistics:", "", _TOKENIZER_HEADER, "|---|---|---|---|---|---|---|"]
+        lines += [_tokenizer_row(kind, stats[kind]) for kind in ("user", "item") if kind in stats]
     extra = {k: v for k, v in res.items() if k in ("lightgcn_training", "seconds")}
     if extra:
+        extra["lightgcn_training"] = {k: v for k, v in extra.get("lightgcn_training", {}).items() if k != "seeds"}
         lines += ["", "Training: `" + json.dumps(extra) + "`"]
+    return lines + [""]
+
+
+_TOKENIZER_HEADER = (
+    "| entities | kind, K x L | codes used per level | perplexity per level | recon MSE | "
+    "sharing a K-tuple | largest group |"
+)
+
+
+def _tokenizer_row(entity: str, st: dict[str, Any]) -> str:
+    used = "/".join(str(u) for u in st["used_codes"])
+    perplexity = "/".join(f"{x:.0f}" for x in st["perplexity"])
+    return (
+        f"| {st['entities']} {entity}s | {st['kind']}, {st['levels']} x {st['codebook_size']} | {used} | "
+        f"{perplexity} | {st['recon_mse']:.4f} | {st['colliding_entities']} ({st['collision_rate']:.1%}) | "
+        f"{st['max_bucket']} |"
+    )
+
+
+def _unseen(doc: dict[str, Any]) -> list[str]:
+    res = doc["results"]
+    lines = [f"### Seen vs unseen users: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines += [f"Users: {res['users']}; protocol: " + "; ".join(f"{k}: {v}" for k, v in res["protocol"].items())]
+    lines += ["", "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|---|"]
+    for name, groups in res.items():
+        if isinstance(groups, dict) and "seen" in groups:
+            for group, m in groups.items():
+                lines.append(
+                    f"| {name} | {group} | {m['valid']['HR@20']:.4f} | {m['valid']['NDCG@20']:.4f} | "
+                    f"{m['test']['HR@20']:.4f} | {m['test']['NDCG@20']:.4f} |"
+                )
+    return lines + [""]
+
+
+def _sweep(doc: dict[str, Any]) -> list[str]:
+    res = doc["results"]
+    lines = [f"### TokenRec configurations tried: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines += [res.get("note", ""), "", "| config | overrides | epochs | valid HR@20 | valid NDCG@20 | test HR@20 | "
+              "test NDCG@20 | train samples/s |", "|---|---|---|---|---|---|---|---|"]
+    for run in res["runs"]:
+        v, t = run["valid"], run.get("test", {})
+        lines.append(
+            f"| {run['name']} | `{' '.join(run['overrides'])}` | {run.get('epochs', '-')} | {v['HR@20']:.4f} | "
+            f"{v['NDCG@20']:.4f} | {t.get('HR@20', float('nan')):.4f} | {t.get('NDCG@20', float('nan')):.4f} | "
+            f"{run.get('samples_per_second', float('nan')):.1f} |"
+        )
     return lines + [""]
 
 
@@ -68,6 +125,10 @@ def render() -> str:
         doc = json.loads(path.read_text())
         if path.stem.startswith("quality-"):
             out += _quality(doc)
+        elif path.stem.startswith("unseen-users-"):
+            out += _unseen(doc)
+        elif path.stem.startswith("sweep-tokenrec-"):
+            out += _sweep(doc)
         else:
             out += _generic(path.stem, doc)
     return "\n".join(out) + "\n"

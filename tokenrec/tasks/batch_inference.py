@@ -15,6 +15,10 @@ Which model (RELIABILITY.md R7, one run = one model version):
 
 No champion, or a version whose tokenizer hash differs from its registry tag, fails at once with a clear
 message. Rows depend on the inputs only: ``generated_at`` is the logical date at 00:00 UTC, never the clock.
+
+Engines (``inference.engine``): ``local`` streams the users through this process in batches
+(:func:`tokenrec.inference.write_recommendations`); ``spark`` spreads the same batches over Spark executors
+(:mod:`tokenrec.inference_spark`). Fold-in runs once, here, for both, and both write the same rows.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tokenrec import packaging, registry, schema
 from tokenrec.config import Config
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
-from tokenrec.inference import fold_in_recommender, write_recommendations
+from tokenrec.inference import OutputMeta, Recommender, fold_in_tables, torch_threads, write_recommendations
 from tokenrec.storage import current_version, is_published, read_json, stage_partition, staged_version
 
 log = logging.getLogger(__name__)
@@ -73,7 +79,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
     user_ids = current_ids(lake, schema.USERS, data.n_users, model.user_ids)
     item_ids = current_ids(lake, schema.ITEMS, data.n_items, model.item_ids)
     bundle = model.bundle
-    recommender, fold_stats = fold_in_recommender(
+    tables = fold_in_tables(
         model.scorer,
         bundle.embeddings(),
         bundle.tokenizers(),
@@ -82,35 +88,45 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
         data,
         int(bundle.manifest["codebook_size"]),
     )
+    index_items = len(model.scorer.index) + len(tables.new_items)
     prepared = time.perf_counter()
     generated_at = dt.datetime.combine(schema.parse_ds(ds), dt.time(), tzinfo=dt.UTC)
-    counts: dict[str, int] = {}
+    meta = OutputMeta(target.name, str(target.version), generated_at)
+    engine = cfg.inference.engine
+    counts: dict[str, Any] = {}
 
     def write(folder: Path) -> None:
         folder.mkdir(parents=True)
-        counts.update(
-            write_recommendations(
-                recommender,
-                data,
-                user_ids,
-                item_ids,
-                folder / PART_FILE,
-                cfg.inference.topk,
-                cfg.inference.user_batch_size,
-                target.name,
-                str(target.version),
-                generated_at,
-                cfg.train.progress,
-            )  # fmt: skip
-        )
+        if engine == "spark":
+            from tokenrec.inference_spark import SparkInference
+
+            job = SparkInference(target, model.tokenizer_hash, cfg, meta)
+            counts.update(job.write(folder, tables, data, user_ids, item_ids))
+        else:
+            recommender = Recommender.folded(model.scorer, tables)
+            settings = cfg.inference
+            with torch_threads(settings.torch_threads):
+                written = write_recommendations(
+                    recommender,
+                    data,
+                    user_ids,
+                    item_ids,
+                    folder / PART_FILE,
+                    settings.topk,
+                    settings.user_batch_size,
+                    meta,
+                    cfg.train.progress,
+                )
+            counts.update(written)
 
     def manifest(folder: Path) -> dict[str, Any]:
         return {
             "table": schema.RECOMMENDATIONS_TABLE,
             "dt": ds,
             **counts,
+            "engine": engine,
             "k": cfg.inference.topk,
-            "index_items": len(recommender.index),
+            "index_items": index_items,
             "model_name": target.name,
             "model_version": str(target.version),
             "model_run_id": target.run_id,
@@ -120,7 +136,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
             "input_snapshot_version": current_version(snapshot).name,
             "generated_at": generated_at.isoformat(),
             "config_hash": cfg.hash(),
-            "fold_in": fold_stats,
+            "fold_in": tables.stats,
             "durations_s": {
                 "load_model": round(loaded - started, 3),
                 "prepare": round(prepared - loaded, 3),
@@ -130,7 +146,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
 
     version = stage_partition(partition, write, manifest)
     summary = {"staged": str(version), **read_json(version / schema.MANIFEST_FILE)}
-    log.info("staged %s: %d rows for %d users", version, counts["rows"], counts["users"])
+    log.info("staged %s: %d rows for %d users (%s engine)", version, counts["rows"], counts["users"], engine)
     return summary
 
 
@@ -151,8 +167,10 @@ def choose_model(cfg: Config, partition: Path) -> tuple[registry.AliasTarget, st
     return registry.resolve_alias(cfg, cfg.inference.model_alias), f"alias {cfg.inference.model_alias}"
 
 
-def current_ids(lake: schema.Lake, kind: str, count: int, known: np.ndarray) -> np.ndarray:
+def current_ids(lake: schema.Lake, kind: str, count: int, known: np.ndarray) -> pa.Array:
     """Raw ids by index of the first ``count`` entries of the lake's ID map; the model's must be a prefix.
+
+    Returns a string array (no Python object per id, so a million users cost only their bytes).
 
     Raises:
         InputError: the map is shorter than the snapshot says, or an index the model knows has another raw id
@@ -162,17 +180,18 @@ def current_ids(lake: schema.Lake, kind: str, count: int, known: np.ndarray) -> 
     if table.num_rows < count:
         raise InputError(lake.id_map(kind), f"{table.num_rows} ids but the snapshot has {count} {kind}",
                          "Rerun the ETL for this date.")  # fmt: skip
-    ids = np.asarray(table.column(schema.RAW_ID).to_pylist()[:count], dtype=object)
+    ids = table.column(schema.RAW_ID).slice(0, count).combine_chunks().cast(pa.string())
     if len(known) > count:
         raise InputError(lake.id_map(kind), f"the snapshot has {count} {kind}, the model knows {len(known)}",
                          "Use a snapshot at least as recent as the model's training snapshot.")  # fmt: skip
-    differ = np.flatnonzero(ids[: len(known)] != known)
+    same = pc.equal(ids.slice(0, len(known)), pa.array(known, pa.string()))
+    differ = np.flatnonzero(~same.to_numpy(zero_copy_only=False))
     if len(differ):
         first = int(differ[0])
         raise InputError(
             lake.id_map(kind),
             f"{len(differ)} of the {len(known)} {kind} the model knows have another raw id now "
-            f"(index {first}: {ids[first]!r}, the model's {known[first]!r})",
+            f"(index {first}: {ids[first].as_py()!r}, the model's {known[first]!r})",
             "ID maps must only grow; restore the map, or retrain and register a model on the current map.",
         )
     return ids

@@ -12,21 +12,35 @@ is a :class:`tokenrec.evaluation.ScoreRanker` or :class:`tokenrec.evaluation.Top
 ``mostpop``; ``mf`` and ``sasrec`` (trained here, checkpoints under ``run_dir/eval/<name>/``); ``lightgcn``
 (the propagated embeddings of ``run_dir/gnn``) and ``lightgcn_ego`` (its layer-0 tables). Another module adds
 a model with ``@register("tokenrec")`` and lists the name in ``eval.baselines``.
+
+The champion on the same split. With ``mlflow.score_champion`` (default) the version holding the alias
+``champion`` is scored too, into the entry ``"champion": {"name", "version", "trained_on", "valid",
+"test", "fold_in"}``: loaded by its registry alias through the packaged model (its tokenizer hash checked,
+R11) and served as the nightly run serves it (:class:`ChampionRanker`), on this snapshot's validation and
+test split with the same exclusions. Users and items it does not know are folded in from the snapshot's
+*training* interactions, the ones this retrain trained on, so no validation or test interaction leaks into
+either model. ``promote`` compares the new model with these numbers, not with the ones the champion got on
+its own, older split (:mod:`tokenrec.registry`). Without a champion the entry has ``"version": null``; when
+it cannot be scored (ID maps that changed, a tokenizer that drifted) it has ``"error"`` and the gate fails.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tokenrec.config import Config, save_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.errors import ConfigError, InputError
+from tokenrec.errors import ConfigError, InputError, TokenrecError
 from tokenrec.evaluation import EmbeddingRanker, ScoreRanker, TopKRanker, evaluate_valid_test
 from tokenrec.models.mf import MatrixFactorization
 from tokenrec.models.mostpop import MostPopular
+from tokenrec.registry import CHAMPION_ENTRY
 from tokenrec.storage import atomic_write_json
 from tokenrec.tasks import train_gnn
 from tokenrec.tasks.train_gnn import load_embeddings
@@ -98,8 +112,106 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         )
         log.info("evaluate %s: valid %s, test %s", name, results[name]["valid"], results[name]["test"])
     document = {**results, "dataset": data.name, "protocol": protocol(cfg)}
+    if cfg.mlflow.score_champion:
+        document[CHAMPION_ENTRY] = score_champion(cfg, data)
     path = atomic_write_json(out / METRICS_FILE, document)
-    return {"metrics": str(path), "test": {name: results[name]["test"] for name in results}}
+    summary = {"metrics": str(path), "test": {name: results[name]["test"] for name in results}}
+    if cfg.mlflow.score_champion:
+        champion = document[CHAMPION_ENTRY]
+        summary[CHAMPION_ENTRY] = {k: champion.get(k) for k in ("version", "test", "error") if k in champion}
+    return summary
+
+
+def score_champion(cfg: Config, data: InteractionData) -> dict[str, Any]:
+    """The ``champion`` entry of ``metrics.json``: the current champion scored on ``data``'s split.
+
+    Returns ``{"name", "version": None, "note"}`` when there is no champion (no store yet, no alias),
+    ``{..., "version", "error"}`` when it cannot be scored, else ``{"name", "version", "trained_on",
+    "valid", "test", "fold_in"}``.
+    """
+    from tokenrec import registry, tracking
+
+    entry: dict[str, Any] = {"name": cfg.mlflow.registered_model, "version": None}
+    if not tracking.store_exists(cfg):
+        return {**entry, "note": f"no MLflow store at {tracking.tracking_uri(cfg)} yet"}
+    try:
+        target = registry.resolve_alias(cfg, registry.CHAMPION)
+    except registry.RegistryError:
+        return {**entry, "note": f"no version of {entry['name']!r} has the alias {registry.CHAMPION!r}"}
+    entry.update(version=target.version, trained_on=target.tags.get("eval_snapshot", ""))
+    log.info("evaluate: scoring champion %s version %d on this split", target.name, target.version)
+    try:
+        ranker = ChampionRanker.load(cfg, target, data)
+    except TokenrecError as exc:
+        log.warning("evaluate: champion version %d cannot be scored: %s", target.version, exc)
+        return {**entry, "error": str(exc)}
+    entry.update(evaluate_valid_test(data, ranker, cfg.eval.ks, cfg.eval.batch_size, cfg.train.progress))
+    entry["fold_in"] = ranker.fold_in
+    log.info("evaluate champion v%d: valid %s, test %s", target.version, entry["valid"], entry["test"])
+    return entry
+
+
+class ChampionRanker:
+    """A registered version as a :class:`~tokenrec.evaluation.TopKRanker`, served as the nightly run does.
+
+    The packaged model with its token tables and item index extended by fold-in
+    (:meth:`tokenrec.inference.Recommender.folded`); the prompt of a user shows the most recent items
+    before the split, and those items are excluded, as for every other model.
+
+    Args:
+        recommender: the loaded model with the fold-in tables.
+        data: the snapshot being evaluated.
+        fold_in: fold-in statistics (``new_users``, ``new_items``, ...).
+    """
+
+    def __init__(self, recommender: Any, data: InteractionData, fold_in: dict[str, int]) -> None:
+        self.recommender = recommender
+        self.data = data
+        self.fold_in = fold_in
+        self._sequences: dict[int, list[np.ndarray]] = {}
+
+    @classmethod
+    def load(cls, cfg: Config, target: Any, data: InteractionData) -> ChampionRanker:
+        """Load ``target`` (a resolved :class:`tokenrec.registry.AliasTarget`) for ``data``.
+
+        Raises:
+            InputError: the lake's ID maps no longer extend the model's, or the snapshot is older than it.
+            tokenrec.packaging.ModelIntegrityError: its tokenizer differs from the registered one (R11).
+        """
+        from tokenrec import packaging, schema
+        from tokenrec.inference import Recommender, fold_in_tables
+        from tokenrec.tasks.batch_inference import current_ids
+
+        model = packaging.load_version(target).configure(cfg)
+        lake = schema.Lake.at(cfg.paths.lake)
+        current_ids(lake, schema.USERS, data.n_users, model.user_ids)  # same index = same raw id, or raise
+        current_ids(lake, schema.ITEMS, data.n_items, model.item_ids)
+        bundle = model.bundle
+        tables = fold_in_tables(
+            model.scorer,
+            bundle.embeddings(),
+            bundle.tokenizers(),
+            bundle.manifest["tokenizer_input"],
+            bundle.manifest["item_vectors"],
+            training_part(data),
+            int(bundle.manifest["codebook_size"]),
+        )
+        return cls(Recommender.folded(model.scorer, tables), data, tables.stats)
+
+    def topk(self, users: np.ndarray, split: int, k: int, seen: list[np.ndarray]) -> np.ndarray:
+        if split not in self._sequences:
+            self._sequences[split] = self.data.sequences_before(split)  # = seen, in time order
+        _, items = self.recommender.recommend(np.asarray(users), self._sequences[split], k)
+        return items  # (B, k)
+
+
+def training_part(data: InteractionData) -> InteractionData:
+    """``data`` with its training interactions only (same ID space)."""
+    keep = data.splits == InteractionData.TRAIN
+    return dataclasses.replace(
+        data, users=data.users[keep], items=data.items[keep], timestamps=data.timestamps[keep],
+        splits=data.splits[keep],
+    )  # fmt: skip
 
 
 @register("mostpop")

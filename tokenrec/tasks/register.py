@@ -4,7 +4,8 @@ Reads the run folder (``gnn/``, ``tokenizer/``, ``llm/``, ``eval/metrics.json``)
 of ``ds`` (the training snapshot: its histories and ID maps go into the model, see :mod:`tokenrec.packaging`),
 logs the model into a ``package`` child run of the retrain (``run_dir.name``), and registers it with
 :func:`tokenrec.registry.register`: a new version of ``mlflow.registered_model`` carrying the evaluation
-metrics and the tokenizer hash as tags, with the alias ``challenger``. ``promote`` decides about champion.
+metrics (the new model's and the champion's on the same split) and the tokenizer hash as tags, with the alias
+``challenger``. ``promote`` decides about champion. A failure ends the retrain's MLflow run FAILED.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenrec import packaging, registry, schema
+from tokenrec import packaging, registry, schema, tracking
 from tokenrec.config import Config
 from tokenrec.errors import InputError
 from tokenrec.storage import read_json
@@ -44,17 +45,22 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
             "--run-id", "register needs the retrain's run folder", "Pass --run-id (or the default)."
         )
     run_dir = Path(run_dir)
-    metrics_path = run_dir / METRICS_FILE
-    if not metrics_path.is_file():
-        raise InputError(metrics_path, "no evaluation metrics", "Run `tokenrec evaluate` for this run first.")
-    metrics = read_json(metrics_path)
-    snapshot = schema.Lake.at(cfg.paths.lake).interactions(ds)
     retrain_id = run_dir.name
-    with tempfile.TemporaryDirectory(prefix="tokenrec-bundle-") as tmp:
+    snapshot = schema.Lake.at(cfg.paths.lake).interactions(ds)
+    with (
+        tracking.failing_retrain(cfg, retrain_id, "register", snapshot),
+        tempfile.TemporaryDirectory(prefix="tokenrec-bundle-") as tmp,
+    ):
+        metrics_path = run_dir / METRICS_FILE
+        if not metrics_path.is_file():
+            raise InputError(
+                metrics_path, "no evaluation metrics", "Run `tokenrec evaluate` for this run first."
+            )
+        metrics = read_json(metrics_path)
         bundle = packaging.build_bundle(cfg, run_dir, snapshot, Path(tmp) / "bundle")
-        with registry.stage_run(cfg, retrain_id, "package", snapshot):
+        with tracking.stage_run(cfg, retrain_id, "package", snapshot):
             uri = packaging.log_model(Path(tmp) / "bundle")
-    version = registry.register(cfg, retrain_id, uri, metrics, bundle["tokenizer_hash"])
+        version = registry.register(cfg, retrain_id, uri, metrics, bundle["tokenizer_hash"])
     log.info("registered %s version %d from %s", cfg.mlflow.registered_model, version, run_dir)
     return {
         "model_name": cfg.mlflow.registered_model,

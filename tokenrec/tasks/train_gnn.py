@@ -1,7 +1,8 @@
 """Stage ``train-gnn``: interactions snapshot -> LightGCN user and item embeddings (PAPER.md section 2, step 0).
 
 Trains LightGCN on the snapshot's training edges (``cfg.gnn``), selects the epoch with the best validation
-NDCG@20, and writes into ``run_dir/gnn/``:
+NDCG@20 (with ``gnn.seeds`` > 1, it trains that many seeds and keeps the one best on validation NDCG@20),
+and writes into ``run_dir/gnn/``:
 
 - ``embeddings.safetensors``: float32 ``user_ego`` (n_users, d), ``item_ego`` (n_items, d) and the propagated
   ``user`` (n_users, d), ``item`` (n_items, d) (mean of the layer outputs), of the selected weights;
@@ -14,6 +15,7 @@ NDCG@20, and writes into ``run_dir/gnn/``:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from tokenrec.evaluation import EmbeddingRanker, evaluate_valid_test
 from tokenrec.models.lightgcn import LightGCN, normalized_adjacency
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
 from tokenrec.training.device import cpu_threads, seed_everything
-from tokenrec.training.gnn import train_bpr
+from tokenrec.training.gnn import SELECT_METRIC, TrainResult, train_bpr
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,7 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     save_config(cfg, out)
     data = InteractionData.load(snapshot)
     log.info("train-gnn on %s: %s", snapshot, data.summary())
-    seed_everything(cfg.train.seed)  # the initial weights are part of the run's reproducibility
-    model = build_lightgcn(data, cfg.gnn)
-    result = train_bpr(model, data, cfg.gnn, cfg.train, cfg.eval.ks, out, name="lightgcn")
+    model, result, seeds = train_seeds(data, cfg, out)
 
     user_ego, item_ego = model.ego_tables()
     user, item = model.propagate()
@@ -85,12 +85,44 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "seconds_per_epoch": sum(h["seconds"] for h in trained) / max(1, len(trained)),
+        "seeds": seeds,
         "dataset": data.name,
         "summary": data.summary(),
     }
     atomic_write_json(out / "metrics.json", metrics)
     log.info("train-gnn: best epoch %d of %d, test %s", result.best_epoch, result.epochs, scores["test"])
     return {"out": str(out), "best_epoch": result.best_epoch, "epochs": result.epochs, "test": scores["test"]}
+
+
+def train_seeds(data: InteractionData, cfg: Config, out: Path) -> tuple[LightGCN, TrainResult, list[dict]]:
+    """Train ``cfg.gnn.seeds`` LightGCNs (seeds ``train.seed + r``) and keep the best on validation NDCG@20.
+
+    With one seed (the default) the run's files sit directly in ``out``; with several, each seed trains in
+    ``out/seed-<s>/`` (its own history and checkpoints, so a killed run resumes seed by seed).
+
+    Returns:
+        The selected model (holding its best weights), its training result, and one record per seed
+        (seed, best epoch, epochs, validation metrics) for the metrics file.
+    """
+    best: tuple[LightGCN, TrainResult] | None = None
+    records = []
+    for r in range(cfg.gnn.seeds):
+        seed = cfg.train.seed + r
+        train = dataclasses.replace(cfg.train, seed=seed)
+        folder = out if cfg.gnn.seeds == 1 else out / f"seed-{seed}"
+        seed_everything(seed)  # the initial weights are part of the run's reproducibility
+        model = build_lightgcn(data, cfg.gnn)
+        result = train_bpr(model, data, cfg.gnn, train, cfg.eval.ks, folder, name=f"lightgcn seed {seed}")
+        score = result.best_valid.get(SELECT_METRIC, float("-inf"))
+        records.append({"seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
+                        "valid": result.best_valid})
+        if best is None or score > best[1].best_valid.get(SELECT_METRIC, float("-inf")):
+            best = (model, result)
+        log.info("train-gnn: seed %d valid %s %.4f", seed, SELECT_METRIC, score)
+    assert best is not None  # gnn.seeds >= 1 (checked by the config)
+    if cfg.gnn.seeds > 1:
+        atomic_write_json(out / "history.json", best[1].history)
+    return best[0], best[1], records
 
 
 def load_embeddings(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,94 @@
+"""TokenRec configurations tried on one data set, selected on validation: ``sweep-tokenrec-<dataset>.json``.
+
+    python -m tokenrec.bench.tokenrec_sweep --dataset lastfm --profile bench-cpu --config-name negatives-32 \\
+        --snapshot var/bench/lastfm/lake/interactions/snapshot_date=2026-11-27 \\
+        --gnn-run var/bench/lastfm/runs/quality-bench-cpu --run-dir var/bench/lastfm/runs/sweep \\
+        --set llm.num_negatives=32 --set llm.in_batch_negatives=true
+
+One call trains one configuration: the MQ-Tokenizers (cached per tokenizer setting under ``--run-dir``) and
+LLM4Rec on a trained LightGCN (``--gnn-run``, shared by every configuration so that only the TokenRec settings
+differ), then records its validation and test metrics, epochs and training samples/s as one row of
+``docs/benchmarks/sweep-tokenrec-<dataset>.json`` (a row with the same name is replaced; each row keeps its own
+command, commit and date). Choose between rows on validation only; the test columns are reported, not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from tokenrec.bench.machine import RESULTS, add_run_arguments, git_commit, write_result
+from tokenrec.cli import build_config
+from tokenrec.storage import read_json
+from tokenrec.tasks import train_llm, train_tokenizer
+
+
+def link(target: Path, at: Path) -> None:
+    if at.is_symlink() or at.exists():
+        at.unlink()
+    at.symlink_to(target.resolve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--gnn-run", required=True, type=Path, help="run folder whose gnn/ every config uses")
+    parser.add_argument("--config-name", required=True, help="row name in the result file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = build_config(args)
+
+    tokenizer_key = hashlib.sha1(json.dumps(sorted(o for o in args.overrides if o.startswith("tokenizer.")))
+                                 .encode()).hexdigest()[:8]
+    tokenizer_run = args.run_dir / f"tokenizer-{tokenizer_key}"
+    if not (tokenizer_run / "tokenizer" / "tokens.safetensors").is_file():
+        tokenizer_run.mkdir(parents=True, exist_ok=True)
+        link(args.gnn_run / "gnn", tokenizer_run / "gnn")
+        train_tokenizer.run(cfg, args.snapshot, tokenizer_run)
+    run = args.run_dir / args.config_name
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    link(args.gnn_run / "gnn", run / "gnn")
+    link(tokenizer_run / "tokenizer", run / "tokenizer")
+    train_llm.run(cfg, args.snapshot, run)
+
+    metrics = read_json(run / "llm" / "metrics.json")
+    history = read_json(run / "llm" / "history.json")
+    trained = [h for h in history if "samples_per_second" in h]
+    row: dict[str, Any] = {
+        "name": args.config_name,
+        "profile": args.profile,
+        "overrides": args.overrides,
+        "epochs": metrics.get("epochs"),
+        "best_epoch": metrics.get("best_epoch"),
+        "valid": metrics["tokenrec"]["valid"],
+        "test": metrics["tokenrec"]["test"],
+        "samples_per_second": sum(h["samples_per_second"] for h in trained) / max(1, len(trained)),
+        "history": history,
+        "command": " ".join(["python -m tokenrec.bench.tokenrec_sweep", *(argv or sys.argv[1:])]),
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    name = f"sweep-tokenrec-{metrics['dataset']}"
+    path = RESULTS / f"{name}.json"
+    runs = [r for r in read_json(path)["results"]["runs"] if r["name"] != row["name"]] if path.is_file() else []
+    runs.append(row)
+    best = max(runs, key=lambda r: r["valid"]["NDCG@20"])
+    results = {
+        "dataset": metrics["dataset"],
+        "note": f"Selected on validation NDCG@20: {best['name']}. Each row lists its own command, commit and date.",
+        "selected": best["name"],
+        "runs": runs,
+    }
+    write_result(name, results, command="see each row's command")
+
+
+if __name__ == "__main__":
+    main()

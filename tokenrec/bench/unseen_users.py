@@ -1,0 +1,140 @@
+"""Seen vs unseen users (the paper's Table IV): hold 10% of users out of all training, then score them.
+
+    python -m tokenrec.bench.unseen_users --dataset lastfm --profile bench-cpu \\
+        --snapshot var/bench/lastfm/lake/interactions/snapshot_date=2026-11-27 --run-dir var/bench/lastfm/runs/unseen
+
+A random ``--share`` of the users (seeded) is removed from a copy of the snapshot; LightGCN, the MQ-Tokenizers
+and LLM4Rec are trained on the rest with the pipeline's own stages. The held-out users are then served exactly
+as batch inference serves a user who is new since the last retrain (:mod:`tokenrec.foldin`): one LightGCN
+propagation step from their training interactions into the frozen item table gives their embedding, the frozen
+user tokenizer gives their tokens, and nothing is retrained. Both groups are scored on the same validation and
+test targets with the usual protocol (full ranking, seen items excluded): LightGCN with the folded-in user
+embedding, and the TokenRec variants. Users are re-indexed so that the trained ones come first (fold-in serves
+indices beyond the trained tables); items keep their indices. Fold-in reads training interactions only, so no
+validation or test target leaks into a held-out user's embedding.
+Writes ``docs/benchmarks/unseen-users-<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from tokenrec import schema
+from tokenrec.bench.machine import add_run_arguments, write_result
+from tokenrec.cli import build_config
+from tokenrec.data.interactions import InteractionData
+from tokenrec.evaluation import EmbeddingRanker, evaluate_valid_test
+from tokenrec.foldin import extend_codes, fold_in
+from tokenrec.storage import atomic_write_json, read_json, read_manifest
+from tokenrec.tasks import train_gnn, train_llm, train_tokenizer
+from tokenrec.tasks.train_tokenizer import load_tokenizer
+from tokenrec.tokenrec_scorer import EVAL_MODELS, TokenRecRanker, TokenRecScorer
+
+log = logging.getLogger(__name__)
+SPLIT_STRINGS = {InteractionData.TRAIN: schema.SPLIT_TRAIN, InteractionData.VALID: schema.SPLIT_VALID,
+                 InteractionData.TEST: schema.SPLIT_TEST}  # fmt: skip
+
+
+def hold_out(data: InteractionData, share: float, seed: int) -> tuple[InteractionData, int]:
+    """``data`` with users re-indexed so that a random ``share`` of them come last, and the count of the rest."""
+    rng = np.random.default_rng(seed)
+    held = rng.choice(data.n_users, size=max(1, round(share * data.n_users)), replace=False)
+    is_held = np.zeros(data.n_users, dtype=bool)
+    is_held[held] = True
+    order = np.concatenate([np.flatnonzero(~is_held), np.flatnonzero(is_held)])  # new index -> old index
+    new_index = np.empty(data.n_users, dtype=np.int64)
+    new_index[order] = np.arange(data.n_users)
+    remapped = InteractionData.from_arrays(
+        new_index[data.users], data.items, data.timestamps, data.splits, data.n_users, data.n_items, data.name
+    )
+    return remapped, int((~is_held).sum())
+
+
+def subset(data: InteractionData, keep: np.ndarray, n_users: int | None = None) -> InteractionData:
+    """The rows of users with ``keep[user]`` True (user indices unchanged; ``n_users`` default unchanged)."""
+    rows = keep[data.users]
+    return InteractionData.from_arrays(
+        data.users[rows], data.items[rows], data.timestamps[rows], data.splits[rows],
+        n_users if n_users is not None else data.n_users, data.n_items, data.name,
+    )  # fmt: skip
+
+
+def write_snapshot(data: InteractionData, folder: Path, manifest: dict[str, Any]) -> Path:
+    """``data`` as an interactions snapshot folder the stages read (Parquet + manifest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            schema.USER_IDX: pa.array(data.users, pa.int32()),
+            schema.ITEM_IDX: pa.array(data.items, pa.int32()),
+            schema.EVENT_TS: pa.array(data.timestamps, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            schema.SPLIT: pa.array([SPLIT_STRINGS[int(s)] for s in data.splits], pa.string()),
+        },
+        schema=schema.INTERACTIONS,
+    )
+    pq.write_table(table, folder / "part-00000.parquet")
+    atomic_write_json(folder / schema.MANIFEST_FILE, {**manifest, "n_users": data.n_users, "rows": len(data.users)})
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--share", type=float, default=0.1, help="share of users held out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-training", action="store_true", help="reuse the stages' outputs in --run-dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    cfg = build_config(args)
+    full, n_seen = hold_out(InteractionData.load(args.snapshot), args.share, args.seed)
+    is_seen = np.arange(full.n_users) < n_seen
+    snapshot = args.run_dir / "train_snapshot"
+    if not args.skip_training:
+        write_snapshot(subset(full, is_seen, n_seen), snapshot, read_manifest(args.snapshot))
+        for stage in (train_gnn, train_tokenizer, train_llm):
+            stage.run(cfg, snapshot, args.run_dir)
+
+    # Fold the held-out users in from their training interactions, as batch inference does.
+    emb = {k: v.float().numpy() for k, v in train_gnn.load_embeddings(args.run_dir).items()}
+    suffix = "_ego" if cfg.gnn.output == "ego" else ""
+    train_users, train_items = full.train_pairs
+    folded = fold_in(emb[f"user{suffix}"], emb[f"item{suffix}"], train_users, train_items, full.n_users, full.n_items)
+    scorer = TokenRecScorer.from_run(args.run_dir, cfg)
+    tokenizer = load_tokenizer(args.run_dir / "tokenizer", "user")
+    vocab = int(read_json(args.run_dir / "llm" / "llm.json")["codebook_size"])
+    scorer.user_codes = extend_codes(scorer.user_codes, tokenizer, folded.user, folded.new_users, vocab)
+
+    groups = {"seen": subset(full, is_seen), "unseen": subset(full, ~is_seen)}
+    ks, batch = cfg.eval.ks, cfg.eval.batch_size
+    results: dict[str, Any] = {"dataset": full.name, "users": {"seen": n_seen, "unseen": full.n_users - n_seen}}
+    for group, data in groups.items():
+        gnn = EmbeddingRanker(torch.from_numpy(folded.user), torch.from_numpy(emb[f"item{suffix}"]))
+        results.setdefault("lightgcn", {})[group] = evaluate_valid_test(data, gnn, ks, batch)
+        for name, variant in EVAL_MODELS.items():
+            ranker = TokenRecRanker(scorer, data, variant)
+            results.setdefault(name, {})[group] = evaluate_valid_test(data, ranker, ks, batch)
+        log.info("%s users: %s", group, {m: results[m][group]["test"]["HR@20"] for m in ("lightgcn", "tokenrec")})
+    results["fold_in"] = folded.stats
+    results["protocol"] = {
+        "held_out": f"{args.share:.0%} of users (seed {args.seed}) removed from GNN, tokenizer and LLM training",
+        "fold_in": "one LightGCN propagation step from the user's training interactions; frozen tokenizer",
+        "exclusion": "training items (valid); training and validation items (test); full ranking",
+    }
+    command = " ".join(["python -m tokenrec.bench.unseen_users", *(argv if argv is not None else sys.argv[1:])])
+    write_result(f"unseen-users-{full.name}", {**results, "profile": args.profile,
+                                                       "overrides": args.overrides}, command=command)
+    print(json.dumps(results, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()
