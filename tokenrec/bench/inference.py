@@ -45,31 +45,38 @@ ENGINES = {  # name -> config overrides; "local" last, so that its output is the
 SYNTHETIC_MODEL = ["llm.backbone=tiny-bert", "llm.lr=0.001", "llm.head_lr=0.003", "eval.baselines=[tokenrec]"]
 
 
-def _tree_rss_mb() -> float:
-    """RSS of this process and all its descendants (Spark's JVM and Python workers), in MiB."""
+def _rss_mb() -> tuple[float, float]:
+    """RSS of this process, and of it with all its descendants (Spark's JVM and Python workers), in MiB."""
     try:
         import psutil
     except ImportError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        own = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return own, own
     me = psutil.Process()
-    total = 0
-    for process in [me, *me.children(recursive=True)]:
+    own = me.memory_info().rss
+    total = own
+    for process in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
             total += process.memory_info().rss
-    return total / 2**20
+    return own / 2**20, total / 2**20
 
 
 def measure(home: str, ds: str, overrides: list[str]) -> dict[str, Any]:
-    """Run ``batch_inference`` for ``ds`` in this process; timings, counts and peak memory."""
+    """Run ``batch_inference`` for ``ds`` in this process; timings, counts and peak memory.
+
+    RSS is sampled every 0.2 s; the streaming peaks are those after the model is loaded and the fold-in is
+    done (the task's ``durations_s`` say when), i.e. while users are recommended and rows written.
+    """
     from tokenrec.tasks import batch_inference
 
     cfg = load_config(overrides=[f"paths.home={home}", "train.progress=false", *overrides])
-    peak_tree = [0.0]
+    samples: list[tuple[float, float, float]] = []  # (time, own RSS, tree RSS)
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak_tree[0] = max(peak_tree[0], _tree_rss_mb())
+            samples.append((time.perf_counter(), *_rss_mb()))
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -82,6 +89,7 @@ def measure(home: str, ds: str, overrides: list[str]) -> dict[str, Any]:
     sampler.join()
     durations = summary["durations_s"]
     streaming = durations["recommend_and_write"]
+    from_streaming = [s for s in samples if s[0] >= started + durations["load_model"] + durations["prepare"]]
     result = {
         "active_users": summary["active_users"],
         "rows": summary["rows"],
@@ -93,7 +101,9 @@ def measure(home: str, ds: str, overrides: list[str]) -> dict[str, Any]:
         "users_per_s": round(summary["active_users"] / streaming, 1),
         "users_per_s_whole_task": round(summary["active_users"] / wall, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_rss_tree_mb": round(peak_tree[0], 1),
+        "peak_rss_tree_mb": round(max(s[2] for s in samples), 1),
+        "peak_rss_streaming_mb": round(max((s[1] for s in from_streaming), default=0.0), 1),
+        "peak_rss_tree_streaming_mb": round(max((s[2] for s in from_streaming), default=0.0), 1),
         "user_batch_size": cfg.inference.user_batch_size,
         "llm_batch_size": cfg.llm.eval_batch_size,
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nightly", metavar="NAME", help="time the DAG's batch_inference job on this home")
     parser.add_argument("--out", default="speed-inference", help="result name under docs/benchmarks/")
     parser.add_argument("--merge", action="store_true", help="keep the other data sets of an earlier result")
+    parser.add_argument("--note", action="append", default=[], metavar="NAME=TEXT", help="how a set was made")
     args = parser.parse_args(argv)
 
     homes = dict(h.split("=", 1) for h in args.home)
@@ -200,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
             entry[engine] = _in_fresh_process(["measure", home, args.ds, *ENGINES[engine]])
         if args.gate:
             entry["validate_recommendations"] = _in_fresh_process(["gate", home, args.ds])
+    for name, text in (n.split("=", 1) for n in args.note):
+        results.setdefault(name, {})["note"] = text
     if args.nightly:
         results[f"nightly_batch_inference_step_{args.nightly}"] = nightly_step(
             args.nightly, Path(homes[args.nightly]), args.ds
@@ -207,10 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     results["notes"] = (
         "users_per_s = active users / the task's recommend-and-write phase; users_per_s_whole_task includes "
         "loading the model from MLflow and fold-in. peak_rss_mb: the task process; peak_rss_tree_mb: with "
-        "its children (Spark JVM and Python workers), sampled every 0.2 s. Spark local[2] runs 2 tasks at "
-        "once, 1 torch thread each; local uses torch's default threads (all cores), local_1_thread one, "
-        "local_bf16 autocasts the forward passes to bf16. Run under nice -n 5 on a shared machine: see "
-        "load_average_1m and the date of each measurement; the top-level command lists every run merged."
+        "its children (Spark JVM and Python workers), sampled every 0.2 s; *_streaming_mb: the same peaks "
+        "while recommending and writing (after model load, snapshot load and fold-in). Spark local[2] runs "
+        "2 tasks at once, 1 torch thread each; local uses torch's default threads (all cores), "
+        "local_1_thread one, local_bf16 autocasts the forward passes to bf16. Run under nice -n 5 on a "
+        "shared machine: see load_average_1m and the date of each measurement; the top-level command lists "
+        "every run merged."
     )
     command = "nice -n 5 python -m tokenrec.bench.inference " + " ".join(argv or sys.argv[1:])
     previous = RESULTS / f"{args.out}.json"
