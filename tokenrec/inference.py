@@ -30,6 +30,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -229,6 +230,25 @@ def fold_in_tables(
         ).item
     new_vectors = np.ascontiguousarray(item_vectors[tok.new_items], dtype=np.float32)
     return FoldedTables(user_codes, item_codes, tok.new_items.astype(np.int64), new_vectors, tok.stats)
+
+
+def fold_in_bundle(scorer: TokenRecScorer, bundle: Any, data: InteractionData) -> FoldedTables:
+    """:func:`fold_in_tables` for a packaged model: its GNN tables, tokenizers and manifest settings.
+
+    Args:
+        scorer: the packaged model's scorer.
+        bundle: its :class:`tokenrec.packaging.ModelBundle`.
+        data: the interactions to fold in from.
+    """
+    return fold_in_tables(
+        scorer,
+        bundle.embeddings(),
+        bundle.tokenizers(),
+        bundle.manifest["tokenizer_input"],
+        bundle.manifest["item_vectors"],
+        data,
+        int(bundle.manifest["codebook_size"]),
+    )
 
 
 @dataclass(frozen=True)

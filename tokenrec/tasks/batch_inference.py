@@ -38,7 +38,7 @@ from tokenrec.config import Config
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
-from tokenrec.inference import OutputMeta, Recommender, fold_in_tables, torch_threads, write_recommendations
+from tokenrec.inference import OutputMeta, Recommender, fold_in_bundle, torch_threads, write_recommendations
 from tokenrec.storage import current_version, is_published, read_json, stage_partition, staged_version
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
     data = InteractionData.load(snapshot)
     user_ids = current_ids(lake, schema.USERS, data.n_users, model.user_ids)
     item_ids = current_ids(lake, schema.ITEMS, data.n_items, model.item_ids)
-    bundle = model.bundle
-    tables = fold_in_tables(
-        model.scorer,
-        bundle.embeddings(),
-        bundle.tokenizers(),
-        bundle.manifest["tokenizer_input"],
-        bundle.manifest["item_vectors"],
-        data,
-        int(bundle.manifest["codebook_size"]),
-    )
+    tables = fold_in_bundle(model.scorer, model.bundle, data)
     index_items = len(model.scorer.index) + len(tables.new_items)
     prepared = time.perf_counter()
     generated_at = dt.datetime.combine(schema.parse_ds(ds), dt.time(), tzinfo=dt.UTC)

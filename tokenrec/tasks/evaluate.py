@@ -179,23 +179,14 @@ class ChampionRanker:
             tokenrec.packaging.ModelIntegrityError: its tokenizer differs from the registered one (R11).
         """
         from tokenrec import packaging, schema
-        from tokenrec.inference import Recommender, fold_in_tables
+        from tokenrec.inference import Recommender, fold_in_bundle
         from tokenrec.tasks.batch_inference import current_ids
 
         model = packaging.load_version(target).configure(cfg)
         lake = schema.Lake.at(cfg.paths.lake)
         current_ids(lake, schema.USERS, data.n_users, model.user_ids)  # same index = same raw id, or raise
         current_ids(lake, schema.ITEMS, data.n_items, model.item_ids)
-        bundle = model.bundle
-        tables = fold_in_tables(
-            model.scorer,
-            bundle.embeddings(),
-            bundle.tokenizers(),
-            bundle.manifest["tokenizer_input"],
-            bundle.manifest["item_vectors"],
-            training_part(data),
-            int(bundle.manifest["codebook_size"]),
-        )
+        tables = fold_in_bundle(model.scorer, model.bundle, training_part(data))
         return cls(Recommender.folded(model.scorer, tables), data, tables.stats)
 
     def topk(self, users: np.ndarray, split: int, k: int, seen: list[np.ndarray]) -> np.ndarray:
