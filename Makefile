@@ -77,18 +77,21 @@ bench: bench-etl bench-quality bench-report
 
 BENCH_HOME = $(CURDIR)/var/bench/$(DATASET)
 BENCH_SNAPSHOT = $(BENCH_HOME)/lake/interactions/snapshot_date=$(DS)
+# the snapshot a benchmark reads passed the same gate as the pipeline's (etl stages, validate publishes)
+BENCH_ETL = for stage in etl validate-interactions; do \
+	TOKENREC_HOME=$(BENCH_HOME) $(VENV)/bin/tokenrec $$stage --ds $(DS) --dataset $(DATASET) || exit 1; done
 
 # Quality of every model (mostpop, MF, LightGCN, SASRec, TokenRec variants) on one data set's frozen split:
 # make bench-quality DATASET=lastfm [BENCH_PROFILE=bench-cpu] -> docs/benchmarks/quality-lastfm.json
 BENCH_PROFILE ?= bench-cpu
 bench-quality: $(STAMP)
-	@test -e $(BENCH_SNAPSHOT) || TOKENREC_HOME=$(BENCH_HOME) $(VENV)/bin/tokenrec etl --ds $(DS) --dataset $(DATASET)
+	@test -e $(BENCH_SNAPSHOT) || $(BENCH_ETL)
 	$(PY) -m tokenrec.bench.quality --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
 		--run-dir $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE)
 
 # Seen vs unseen users (10% held out of all training): make bench-unseen DATASET=lastfm
 bench-unseen: $(STAMP)
-	@test -e $(BENCH_SNAPSHOT) || TOKENREC_HOME=$(BENCH_HOME) $(VENV)/bin/tokenrec etl --ds $(DS) --dataset $(DATASET)
+	@test -e $(BENCH_SNAPSHOT) || $(BENCH_ETL)
 	$(PY) -m tokenrec.bench.unseen_users --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
 		--run-dir $(BENCH_HOME)/runs/unseen-$(BENCH_PROFILE)
 

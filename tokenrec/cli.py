@@ -23,8 +23,8 @@ from tokenrec.errors import TokenrecError
 log = logging.getLogger("tokenrec")
 
 STAGES: dict[str, str] = {
-    "etl": "Spark ETL: raw events -> interactions snapshot, quarantine, stable ID maps",
-    "validate-interactions": "Great Expectations gate on the interactions snapshot",
+    "etl": "Spark ETL: raw events -> staged interactions snapshot, quarantine, stable ID maps",
+    "validate-interactions": "Great Expectations gate on the staged interactions snapshot; publishes it if it passes",
     "train-gnn": "train LightGCN on the snapshot's training split",
     "train-tokenizer": "train the user and item MQ-Tokenizers on the GNN embeddings",
     "train-llm": "fine-tune the LLM backbone + projection on prompts with the ID tokens (LLM4Rec)",
@@ -124,7 +124,8 @@ def stage_etl(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     result = run_etl(get_spark(cfg.spark), cfg, args.ds)
     m = result.manifest
     return {
-        "snapshot": str(result.snapshot), "quarantine": str(result.quarantine), "rows": m["rows"],
+        "staged": str(result.snapshot), "next": f"tokenrec validate-interactions --ds {args.ds} (checks and publishes it)",
+        "quarantine": str(result.quarantine), "rows": m["rows"],
         "users": m["users"], "items": m["items"], "raw_rows": m["raw_rows"], "quarantined_rows": m["quarantined_rows"],
     }
 

@@ -149,6 +149,8 @@ class GnnConfig:
     refresh_every: int = 1  # 1 = exact; k > 1: approximate, layers 2..L cached for k batches (models/lightgcn.py)
     seeds: int = 1  # independent trainings (seeds train.seed, train.seed + 1, ...); the one with the best
     # validation NDCG@20 is kept: model selection on validation, never on test
+    sampling: str = "edge"  # BPR triples per epoch: edge = every training edge once; user = as many triples with
+    # the user drawn uniformly, then one of its items (the LightGCN authors' sampler; weighs light users more)
 
     def __post_init__(self) -> None:
         _one_of("gnn.output", self.output, GNN_OUTPUTS)
@@ -176,6 +178,7 @@ class MfConfig:
     eval_every: int = 5  # epochs between validation evaluations
     init_std: float = 0.1  # std of the normal initialisation
     eval_batch_size: int = 2048  # users scored at once in validation evaluations
+    sampling: str = "edge"  # edge or user, as gnn.sampling
 
     def __post_init__(self) -> None:
         _check_bpr_section("mf", self)
@@ -216,6 +219,10 @@ def _check_bpr_section(section: str, cfg: Any) -> None:
         raise ConfigError(f"{section}.lr and {section}.init_std must be > 0 and {section}.l2 >= 0")
     if cfg.max_epochs < 0 or cfg.patience < 1:
         raise ConfigError(f"{section}.max_epochs must be >= 0 and {section}.patience >= 1")
+    _one_of(f"{section}.sampling", cfg.sampling, BPR_SAMPLINGS)
+
+
+BPR_SAMPLINGS = ("edge", "user")
 
 
 TOKENIZER_KINDS = ("mq", "single", "vqvae", "rqvae", "kmeans")

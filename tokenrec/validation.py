@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tokenrec import schema
 from tokenrec.config import Config
 from tokenrec.errors import DataValidationError, InputError
-from tokenrec.storage import atomic_write_json, is_published, read_manifest
+from tokenrec.storage import atomic_write_json, is_published, read_manifest, staged_version, swap_partition
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -80,14 +80,22 @@ def _per_user(df: DataFrame) -> DataFrame:
 
 
 def validate_interactions(spark: SparkSession, cfg: Config, ds: str) -> dict[str, Any]:
-    """Run the interactions suite on the published snapshot of ``ds``; raise on any failed expectation."""
+    """The gate on the interactions snapshot of ``ds``: run the suite, publish the staged snapshot if it passes.
+
+    The ETL stages its snapshot; this checks the staged rows and, when every expectation passes, publishes them
+    atomically. A failing snapshot stays staged and unpublished (whatever was published for ``ds`` before is
+    untouched) and the error names the table, the expectations and sample rows. With nothing staged, the
+    published snapshot is checked again (a rerun of this task is idempotent).
+    """
     lake = schema.Lake.at(cfg.paths.lake)
     snapshot = lake.interactions(ds)
-    if not is_published(snapshot):
-        raise InputError(snapshot, "no published interactions snapshot", f"run `tokenrec etl --ds {ds}` first")
-    manifest = read_manifest(snapshot)
+    staged = staged_version(snapshot)
+    if staged is None and not is_published(snapshot):
+        raise InputError(snapshot, "no staged or published interactions snapshot", f"run `tokenrec etl --ds {ds}` first")
+    checked = staged or snapshot
+    manifest = read_manifest(checked)
     previous = manifest.get("previous_snapshot") or {}
-    df = spark.read.schema(schema.INTERACTIONS_DDL).parquet(str(snapshot)).cache()
+    df = spark.read.schema(schema.INTERACTIONS_DDL).parquet(str(checked)).cache()
     per_user = _per_user(df).cache()
     report = lake.validation_report(schema.INTERACTIONS_TABLE, ds)
     frames = {"interactions": df, "interactions_per_user": per_user}
@@ -102,14 +110,21 @@ def validate_interactions(spark: SparkSession, cfg: Config, ds: str) -> dict[str
     if failures:
         n = cfg.validation.sample_rows
         details = "; ".join(describe_failure(r, _sample_rows(r, frames[r["suite"]], n)) for r in failures)
+        kept = "the staged snapshot was not published" if staged else "the published snapshot fails today's suite"
         raise DataValidationError(
-            f"table interactions ({snapshot}) failed {len(failures)} of {len(outcome['results'])} expectations: "
+            f"table interactions ({checked}) failed {len(failures)} of {len(outcome['results'])} expectations: "
             f"{details}. Full result: {report / 'result.json'}. Fix the source or the ETL config and rerun etl; "
-            "nothing downstream will run on this snapshot.",
+            f"{kept} and nothing downstream will run on it.",
             report_path=str(report / "result.json"),
         )
-    log.info("interactions %s passed %d expectations", ds, len(outcome["results"]))
-    return {"snapshot": str(snapshot), "expectations": len(outcome["results"]), "report": str(report)}
+    if staged is not None:
+        swap_partition(snapshot, staged)
+    log.info("interactions %s passed %d expectations; %s", ds, len(outcome["results"]),
+             "published" if staged else "already published")
+    return {
+        "snapshot": str(snapshot), "expectations": len(outcome["results"]), "report": str(report),
+        "published_now": staged is not None,
+    }
 
 
 def run_gx_suites(

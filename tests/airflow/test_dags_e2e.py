@@ -305,7 +305,9 @@ def test_a_night_with_corrupt_input_fails_at_validate_interactions_and_publishes
     assert "table interactions" in message and f"snapshot_date={CORRUPT_DS}" in message
     assert "column=event_ts, min_value=1970-01-01" in message and f": {bad_rows} of " in message
     assert "1900" in message and "nothing downstream will run" in message  # offending rows are quoted
-    assert read_manifest(deployment.lake.interactions(CORRUPT_DS))["quarantined_rows"] == 0  # ETL let them in
+    snapshot = deployment.lake.interactions(CORRUPT_DS)
+    assert not snapshot.exists()  # the failed snapshot was never published ...
+    assert read_manifest(staged_version(snapshot))["quarantined_rows"] == 0  # ... only staged: the ETL let them in
     assert published_state(deployment.lake).items() >= before.items()  # every earlier partition, byte for byte
     assert not deployment.lake.recommendations(CORRUPT_DS).exists()
     assert staged_version(deployment.lake.recommendations(CORRUPT_DS)) is None

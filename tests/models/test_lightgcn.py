@@ -11,7 +11,7 @@ from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation import EmbeddingRanker, evaluate_split
 from tokenrec.models.lightgcn import GraphOperator, LightGCN, normalized_adjacency
 from tokenrec.models.mostpop import MostPopular
-from tokenrec.training.gnn import bpr_loss, train_bpr
+from tokenrec.training.gnn import NegativeSampler, bpr_loss, train_bpr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,6 +114,34 @@ def test_lightgcn_learns_the_clusters_and_beats_most_popular(walks: InteractionD
     popular = evaluate_split(walks, MostPopular(walks.item_popularity()), walks.VALID)
     assert lightgcn["NDCG@20"] > popular["NDCG@20"] + 0.1
     assert lightgcn["HR@20"] > 0.5
+
+
+def test_user_sampling_draws_training_pairs_with_users_uniform() -> None:
+    # user 0 has 8 items, users 1 and 3 one each, user 2 none: every active user is drawn about equally often
+    users = np.array([0] * 8 + [1, 3])
+    items = np.array([0, 1, 2, 3, 4, 5, 6, 7, 2, 9])
+    sampler = NegativeSampler(users, items, n_items=10)
+    pair_users, pair_items = sampler.sample_pairs(30_000, np.random.default_rng(0))
+    assert set(zip(pair_users.tolist(), pair_items.tolist(), strict=True)) == set(
+        zip(users.tolist(), items.tolist(), strict=True)
+    )
+    shares = np.bincount(pair_users, minlength=4) / len(pair_users)
+    np.testing.assert_allclose(shares, [1 / 3, 1 / 3, 0.0, 1 / 3], atol=0.02)
+    user0_items = np.bincount(pair_items[pair_users == 0], minlength=10)[:8]
+    assert user0_items.min() > 0.8 * user0_items.max()  # and its items about equally often
+
+
+def test_lightgcn_learns_with_user_sampling(walks: InteractionData) -> None:
+    users, items = walks.train_pairs
+    graph = normalized_adjacency(users, items, walks.n_users, walks.n_items)
+    model = LightGCN(walks.n_users, walks.n_items, 32, 3, graph)
+    settings = GnnConfig(
+        dim=32, lr=0.01, batch_size=256, max_epochs=20, eval_every=20, patience=20, sampling="user"
+    )
+    result = train_bpr(model, walks, settings, TrainConfig(progress=False), name="user-sampled")
+    assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
+    popular = evaluate_split(walks, MostPopular(walks.item_popularity()), walks.VALID)
+    assert result.best_valid["NDCG@20"] > popular["NDCG@20"] + 0.1
 
 
 def test_approximate_mode_is_exact_forward_after_refresh_and_learns(walks: InteractionData) -> None:

@@ -12,7 +12,7 @@ from tokenrec.data.datasets import preset
 from tokenrec.data.etl import run_etl
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.errors import ConfigError, InputError
-from tokenrec.storage import read_manifest
+from tokenrec.storage import is_published, read_manifest, staged_version
 
 pytestmark = pytest.mark.spark
 
@@ -89,6 +89,10 @@ def test_kcore_dedupe_ids_and_split_match_hand_computation(spark, home, tmp_path
     assert (m["rows"], m["users"], m["items"], m["n_users"], m["n_items"]) == (7, 3, 3, 3, 3)
     assert read_manifest(result.snapshot)["rows"] == 7
     assert (result.snapshot / "_config.yaml").is_file()
+    # staged for the validation gate, not yet visible to readers of the table
+    partition = schema.Lake.at(cfg.paths.lake).interactions(DAY1)
+    assert not result.published and staged_version(partition) == result.snapshot.resolve() and not is_published(partition)
+    assert run_etl(spark, cfg, DAY1, publish=True).published and is_published(partition)
 
 
 def test_id_maps_are_stable_across_days_and_reruns_are_idempotent(spark, home, tmp_path):

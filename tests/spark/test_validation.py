@@ -11,7 +11,7 @@ import pytest
 from tokenrec import schema
 from tokenrec.config import load_config
 from tokenrec.errors import DataValidationError, InputError
-from tokenrec.storage import publish_partition
+from tokenrec.storage import current_version, publish_partition, stage_partition, staged_version
 from tokenrec.validation import validate_interactions
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.integration]
 DS = "2026-01-01"
 
 
-def _publish(cfg, rows, n_users=3, n_items=4, ds=DS, previous=None):
-    """Publish a hand-made snapshot (as the ETL would) to validate."""
+def _publish(cfg, rows, n_users=3, n_items=4, ds=DS, previous=None, stage=False):
+    """Publish (or, as the ETL does, stage) a hand-made snapshot to validate."""
     users, items, secs, splits = zip(*rows, strict=True)
     table = pa.table(
         {
@@ -37,7 +37,8 @@ def _publish(cfg, rows, n_users=3, n_items=4, ds=DS, previous=None):
         pq.write_table(table, folder / "part-0.parquet")
 
     manifest = {"rows": len(rows), "n_users": n_users, "n_items": n_items, "previous_snapshot": previous}
-    return publish_partition(schema.Lake.at(cfg.paths.lake).interactions(ds), write, manifest)
+    put = stage_partition if stage else publish_partition
+    return put(schema.Lake.at(cfg.paths.lake).interactions(ds), write, manifest)
 
 
 GOOD = [
@@ -75,6 +76,30 @@ def test_corrupt_snapshot_fails_naming_table_expectation_counts_and_rows(spark, 
     assert result["success"] is False
 
 
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_the_gate_publishes_a_staged_snapshot_only_when_it_passes(spark, home):
+    cfg = load_config()
+    snapshot = schema.Lake.at(cfg.paths.lake).interactions(DS)
+    published = _publish(cfg, GOOD).resolve()
+    before = _files(snapshot)
+    bad = _publish(cfg, [*GOOD, (1, 9, 3, "train")], stage=True)  # a rerun of the date with bad rows
+    assert current_version(snapshot) == published and staged_version(snapshot) == bad.resolve()
+    with pytest.raises(DataValidationError, match="the staged snapshot was not published"):
+        validate_interactions(spark, cfg, DS)
+    assert current_version(snapshot) == published and _files(snapshot) == before  # readers lost nothing
+    assert staged_version(snapshot) == bad.resolve()
+
+    fixed = _publish(cfg, [*GOOD, (3, 2, 3, "train")], n_users=4, stage=True)  # the corrected rerun replaces it
+    assert not bad.exists()
+    out = validate_interactions(spark, cfg, DS)
+    assert out["published_now"] and current_version(snapshot) == fixed.resolve()
+    assert staged_version(snapshot) is None and _files(snapshot)["_manifest.json"] != before["_manifest.json"]
+    assert validate_interactions(spark, cfg, DS)["published_now"] is False  # a rerun checks the published one
+
+
 def test_row_count_ratio_against_previous_snapshot(spark, home):
     cfg = load_config(overrides=["validation.max_row_change=0.2"])
     _publish(cfg, GOOD, previous={"snapshot_date": "2025-12-31", "rows": 100})
@@ -83,5 +108,5 @@ def test_row_count_ratio_against_previous_snapshot(spark, home):
 
 
 def test_missing_snapshot(spark, home):
-    with pytest.raises(InputError, match="run `tokenrec etl --ds 2026-01-01` first"):
+    with pytest.raises(InputError, match="no staged or published interactions snapshot.*run `tokenrec etl --ds 2026-01-01` first"):
         validate_interactions(spark, load_config(), DS)

@@ -28,7 +28,7 @@ def main(datasets: list[str]) -> None:
         with tempfile.TemporaryDirectory() as home:
             cfg = load_config(overrides=[f"paths.home={home}", "spark.master=local[2]"], base=preset(name))
             t0 = time.perf_counter()
-            manifest = run_etl(spark, cfg, DS).manifest
+            manifest = run_etl(spark, cfg, DS, publish=True).manifest
             t1 = time.perf_counter()
             validate_interactions(spark, cfg, DS)
             t2 = time.perf_counter()

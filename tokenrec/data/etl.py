@@ -7,8 +7,12 @@ Steps (SQL in ``sql/etl/``, dbt style):
   4. ``int_kcore_step``, repeated until stable: iterative k-core;
   5. ``int_new_ids``: append new raw ids to the stable ID maps;
   6. ``fct_interactions`` (leave-one-out) or ``fct_interactions_global_time``: indices and the split.
-The snapshot and the quarantine are published atomically (:mod:`tokenrec.storage`); running a date twice
-gives the same rows and touches no other date. Nothing is published when the input is unusable.
+The snapshot is *staged* (:func:`tokenrec.storage.stage_partition`): readers keep seeing the published
+snapshot of that date, if any, until the Great Expectations gate (:func:`tokenrec.validation.validate_interactions`)
+passes on the staged rows and publishes them atomically. A snapshot that fails the gate is never published, so
+a bad rerun of a date loses nothing. The quarantine is published at once (it is what a person reads to see why
+a run failed). Running a date twice gives the same rows and touches no other date. Nothing is staged when the
+input is unusable.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from tokenrec.data.id_maps import append_ids, read_id_map
 from tokenrec.data.loaders import load_source
 from tokenrec.errors import ConfigError, InputError
 from tokenrec.sql import run_sql
-from tokenrec.storage import publish_partition, read_manifest
+from tokenrec.storage import publish_partition, read_manifest, stage_partition, swap_partition
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -39,13 +43,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EtlResult:
-    snapshot: Path
+    snapshot: Path  # the folder holding the new rows: the staged version, or the partition when published
     quarantine: Path
     manifest: dict[str, Any]
+    published: bool  # False: staged, waiting for validate_interactions
 
 
-def run_etl(spark: SparkSession, cfg: Config, ds: str) -> EtlResult:
-    """Build and publish the interactions snapshot of logical date ``ds`` from ``cfg.source``."""
+def run_etl(spark: SparkSession, cfg: Config, ds: str, publish: bool = False) -> EtlResult:
+    """Build the interactions snapshot of logical date ``ds`` from ``cfg.source`` and stage it.
+
+    ``publish=True`` publishes it at once, without the validation gate: for benchmarks and tests of the ETL
+    itself, never for the pipeline.
+    """
     from pyspark.sql import functions as F
 
     started = time.monotonic()
@@ -129,7 +138,7 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str) -> EtlResult:
     quarantine_path = lake.quarantine(ds)
     manifest["duration_s"] = round(time.monotonic() - started, 2)
     config_file = {"_config.yaml": config_yaml(cfg).encode()}  # the resolved config next to the output
-    publish_partition(snapshot_path, lambda folder: _write(interactions, folder), manifest, config_file)
+    staged = stage_partition(snapshot_path, lambda folder: _write(interactions, folder), manifest, config_file)
     publish_partition(
         quarantine_path, lambda folder: _write(quarantine, folder, files=1),
         {"table": schema.QUARANTINE_TABLE, "snapshot_date": ds, "rows": counts["quarantined"]}, config_file,
@@ -137,12 +146,14 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str) -> EtlResult:
     for df in (stg, deduped, kcore):
         df.unpersist()
     parsed.records.unpersist()
+    if publish:
+        swap_partition(snapshot_path, staged)
     log.info(
-        "snapshot %s: %d rows, %d users, %d items (%d raw, %d quarantined) in %.1fs",
-        snapshot_path, n_rows, manifest["users"], manifest["items"], counts["raw"], counts["quarantined"],
-        time.monotonic() - started,
+        "snapshot %s %s: %d rows, %d users, %d items (%d raw, %d quarantined) in %.1fs",
+        snapshot_path, "published" if publish else "staged (validate-interactions publishes it)", n_rows,
+        manifest["users"], manifest["items"], counts["raw"], counts["quarantined"], time.monotonic() - started,
     )
-    return EtlResult(snapshot=snapshot_path, quarantine=quarantine_path, manifest=manifest)
+    return EtlResult(snapshot_path if publish else staged, quarantine_path, manifest, published=publish)
 
 
 def _check_threshold(cfg: Config) -> None:

@@ -91,7 +91,7 @@ class InteractionData:
         """Read a published snapshot folder (``.../interactions/snapshot_date=D``)."""
         snapshot = Path(snapshot)
         if not snapshot.exists():
-            raise InputError(snapshot, "no interactions snapshot here", "run `tokenrec etl --ds D` first")
+            raise InputError(snapshot, "no interactions snapshot here", "run `tokenrec etl --ds D`, then `tokenrec validate-interactions --ds D` (it publishes the snapshot)")
         manifest = read_manifest(snapshot)
         table = pq.read_table(snapshot, schema=schema.INTERACTIONS)
         return cls.from_table(table, manifest["n_users"], manifest["n_items"], name=manifest.get("dataset", ""))

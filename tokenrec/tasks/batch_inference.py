@@ -68,7 +68,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
     snapshot, partition = lake.interactions(ds), lake.recommendations(ds)
     if not is_published(snapshot):
         raise InputError(
-            snapshot, "no published interactions snapshot", f"Run `tokenrec etl --ds {ds}` first."
+            snapshot, "no published interactions snapshot", f"Run `tokenrec etl --ds {ds}` and `tokenrec validate-interactions --ds {ds}` first."
         )
     target, source = choose_model(cfg, partition)
     log.info("batch inference for %s with %s version %d (%s)", ds, target.name, target.version, source)

@@ -1,8 +1,10 @@
 """BPR training loop shared by LightGCN and matrix factorisation, with early stopping and exact resume.
 
-Each epoch visits every training edge once in a fresh random order, paired with one negative item drawn
-uniformly from the items the user has not interacted with in training, in batches of ``batch_size``
-(PAPER.md section 2, step 0). The loss is
+Each epoch visits every training edge once in a fresh random order (``sampling: edge``), or draws as many
+(user, positive) pairs by picking a user uniformly among those with training items and then one of its items
+(``sampling: user``, the sampler of the LightGCN authors' code, which weighs light users as much as heavy
+ones). Each pair gets one negative item drawn uniformly from the items the user has not interacted with in
+training; batches of ``batch_size`` (PAPER.md section 2, step 0). The loss is
 
     BPR = mean_b softplus(<e_u, e_n> - <e_u, e_p>)  +  l2 / 2 * (|u_0|^2 + |p_0|^2 + |n_0|^2) / B
 
@@ -56,6 +58,7 @@ class BprSettings(Protocol):
     patience: int
     eval_every: int
     eval_batch_size: int
+    sampling: str
 
 
 class NegativeSampler:
@@ -70,6 +73,18 @@ class NegativeSampler:
         pos = np.searchsorted(self.positive_keys, keys)
         pos = np.minimum(pos, len(self.positive_keys) - 1)
         return self.positive_keys[pos] == keys
+
+    def sample_pairs(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` (user, positive) pairs: a user uniformly among those with training items, then one of them."""
+        if not hasattr(self, "_user_starts"):
+            key_users = self.positive_keys // self.n_items  # sorted, so each user's items are one run
+            self._active_users, self._user_starts, self._user_degrees = np.unique(
+                key_users, return_index=True, return_counts=True
+            )
+        picked = rng.integers(0, len(self._active_users), size=count)
+        offsets = (rng.random(count) * self._user_degrees[picked]).astype(np.int64)
+        keys = self.positive_keys[self._user_starts[picked] + offsets]
+        return keys // self.n_items, keys % self.n_items
 
     def sample(self, users: np.ndarray, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
         """(len(users),) negatives; a user who has every item keeps a random (positive) one."""
@@ -155,15 +170,19 @@ def run_bpr_epoch(
 ) -> tuple[float, float]:
     """One pass over the training edges; returns the mean BPR loss and mean L2 term."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(users))
-    epoch_users = torch.from_numpy(users[order]).to(device)  # (E,)
-    epoch_pos = torch.from_numpy(items[order]).to(device)
-    epoch_neg = torch.from_numpy(sampler.sample(users[order], rng)).to(device)
+    if settings.sampling == "user":
+        pair_users, pair_items = sampler.sample_pairs(len(users), rng)
+    else:
+        order = rng.permutation(len(users))
+        pair_users, pair_items = users[order], items[order]
+    epoch_users = torch.from_numpy(pair_users).to(device)  # (E,)
+    epoch_pos = torch.from_numpy(pair_items).to(device)
+    epoch_neg = torch.from_numpy(sampler.sample(pair_users, rng)).to(device)
     total_loss = torch.zeros((), device=device)
     total_reg = torch.zeros((), device=device)
     n_batches = 0
     refresh_every = getattr(model, "refresh_every", 1)  # LightGCN's approximate mode, see its docstring
-    for batch, start in enumerate(range(0, len(order), settings.batch_size)):
+    for batch, start in enumerate(range(0, len(pair_users), settings.batch_size)):
         stop = start + settings.batch_size
         if refresh_every > 1 and batch % refresh_every == 0:
             model.refresh()
