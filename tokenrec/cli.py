@@ -41,6 +41,8 @@ STAGES: dict[str, str] = {
 TRAINING_STAGES = ("train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "promote", "run")
 OTHER_COMMANDS = {
     "sql": "analyst queries over the lake: `tokenrec sql --list`, `tokenrec sql NAME --ds D` (docs/ANALYTICS.md)",
+    "models": "registered model versions: aliases, gate outcome, gated metrics, rollback notes",
+    "rollback": "move alias champion back to an earlier version that passed the gate: --to-version N --reason TEXT",
 }
 
 
@@ -220,12 +222,41 @@ HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
 }
 
 
+def registry_main(command: str, argv: list[str]) -> int:
+    """``tokenrec models`` and ``tokenrec rollback``: the registry without a logical date."""
+    from tokenrec import registry
+
+    parser = argparse.ArgumentParser(prog=f"tokenrec {command}", description=OTHER_COMMANDS[command])
+    parser.add_argument("--dataset", help="named data set preset (its registered model settings)")
+    parser.add_argument("--profile", help="a shipped config profile")
+    parser.add_argument("--config", help="YAML file with config sections (e.g. mlflow.tracking_uri)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    if command == "rollback":
+        parser.add_argument("--to-version", type=int, required=True, help="the version to make champion again")
+        parser.add_argument("--reason", required=True, help="why; stored on both versions")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = build_config(args)
+        if command == "models":
+            result: Any = registry.versions(cfg)
+        else:
+            result = registry.rollback(cfg, args.to_version, args.reason)
+    except TokenrecError as exc:
+        print(f"tokenrec {command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sql"]:
         from tokenrec.analytics import main as sql_main
 
         return sql_main(argv[1:])
+    if argv[:1] in (["models"], ["rollback"]):
+        return registry_main(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -17,6 +17,11 @@ found another champion, or none, or could not score it; a metric is missing) the
 why. The outcome is stored on the version (``gate_passed``, ``gate_reason``, ``compared_with``, and on
 failure ``rejected``). Aliases, not the deprecated stages, mark versions; :func:`resolve_alias` resolves
 one once.
+
+Rollback. :func:`rollback` moves ``champion`` back to an earlier version that passed the gate, with a reason
+stored on both versions (``rolled_back`` on the one left, ``rollback_from``/``rollback_reason`` on the one
+restored); :func:`versions` lists every version with its aliases, gate outcome and gated metrics
+(``tokenrec models``, ``tokenrec rollback``).
 """
 
 from __future__ import annotations
@@ -182,6 +187,75 @@ def promote(cfg: Config, version: int | str | None = None) -> Decision:
             "%s version %s not promoted (champion stays %s): %s", name, version, compared, decision.reason
         )
     return decision
+
+
+def versions(cfg: Config) -> list[dict[str, Any]]:
+    """Every version of the registered model, newest first: aliases, gate outcome, gated metrics, notes."""
+    import mlflow
+
+    client, _ = connect(cfg)
+    name = cfg.mlflow.registered_model
+    aliases: dict[str, list[str]] = {}
+    try:
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"no registered model {name!r} in {tracking_uri(cfg)}; run the retrain first") from exc
+    rows = []
+    for entry in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"]):
+        tags = dict(entry.tags)
+        shown = [*cfg.mlflow.gated_metrics, *("test." + m.split(".", 1)[1] for m in cfg.mlflow.gated_metrics)]
+        metrics = {m: tags.get(metric_tag(f"{cfg.mlflow.gated_model}.{m}")) for m in dict.fromkeys(shown)}
+        rows.append({
+            "version": int(entry.version),
+            "aliases": sorted(aliases.get(str(entry.version), [])),
+            "retrain_id": tags.get("retrain_id"),
+            "eval_snapshot": tags.get("eval_snapshot"),
+            "gate_passed": tags.get("gate_passed"),
+            "gate_reason": tags.get("gate_reason"),
+            "metrics": {k: float(v) for k, v in metrics.items() if v is not None},
+            "notes": {k: tags[k] for k in ("rejected", "rolled_back", "rollback_reason") if k in tags},
+        })
+    return rows
+
+
+def rollback(cfg: Config, version: int, reason: str) -> dict[str, Any]:
+    """Move ``champion`` back to ``version``, a version that passed the gate; record why on both versions.
+
+    Nightly runs from then on serve ``version``; outputs already published keep the version recorded in their
+    manifests (a rerun of such a date reuses it).
+
+    Raises:
+        RegistryError: no reason given, ``version`` does not exist or never passed the gate, or there is no
+            champion to roll back from.
+    """
+    import datetime as dt
+
+    import mlflow
+
+    if not reason.strip():
+        raise RegistryError("a rollback needs a reason (--reason '...'): it is stored on both versions")
+    client, _ = connect(cfg)
+    name = cfg.mlflow.registered_model
+    current = resolve_alias(cfg, CHAMPION)
+    try:
+        tags = dict(client.get_model_version(name, str(version)).tags)
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"registered model {name!r} has no version {version} in {tracking_uri(cfg)}") from exc
+    if current.version == int(version):
+        raise RegistryError(f"version {version} of {name!r} is already the champion; nothing to roll back")
+    if tags.get("gate_passed") != "true":
+        raise RegistryError(
+            f"version {version} of {name!r} never passed the promotion gate (gate_passed={tags.get('gate_passed')}); "
+            "roll back only to a version that was champion, or run `tokenrec promote` for it"
+        )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(current.version), "rolled_back", f"{stamp}: back to {version}: {reason}")
+    client.set_model_version_tag(name, str(version), "rollback_from", str(current.version))
+    client.set_model_version_tag(name, str(version), "rollback_reason", f"{stamp}: {reason}")
+    log.warning("rolled %s champion back from version %s to %s: %s", name, current.version, version, reason)
+    return {"model": name, "champion": int(version), "previous_champion": current.version, "reason": reason}
 
 
 def gate_decision(

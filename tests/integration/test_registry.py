@@ -14,12 +14,13 @@ fold-in, and ``register``/``promote`` act on those numbers.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tokenrec import registry, tracking
+from tokenrec import cli, registry, tracking
 from tokenrec.config import Config, MlflowConfig, PathsConfig
 from tokenrec.errors import ConfigError
 from tokenrec.tasks import promote as promote_task
@@ -175,6 +176,47 @@ def test_worse_version_is_rejected_and_better_one_promoted(
     assert registry.resolve_alias(cfg, "champion").version == better == 3
     assert "rejected" not in version_tags(cfg, better)
     np.testing.assert_allclose(predict(cfg, "champion"), X @ [0.0, 0.0, 0.0, 1.0])  # w2: the saved folder
+
+
+def test_rollback_moves_champion_to_a_version_that_passed_the_gate_and_records_why(
+    store: Config, logged_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = named(store, "rollback")
+    registry.register(cfg, RETRAIN, logged_uri, evaluation(0.10, 0.20), "sha-1")
+    registry.promote(cfg)  # v1 champion
+    registry.register(cfg, RETRAIN, logged_uri, evaluation(0.05, 0.10, (1, 0.10, 0.20)), "sha-2")
+    registry.promote(cfg)  # v2 rejected
+    registry.register(cfg, RETRAIN, logged_uri, evaluation(0.12, 0.30, (1, 0.10, 0.20)), "sha-3")
+    registry.promote(cfg)  # v3 champion
+
+    with pytest.raises(registry.RegistryError, match="version 2 .* never passed the promotion gate"):
+        registry.rollback(cfg, 2, "try the rejected one")
+    with pytest.raises(registry.RegistryError, match="already the champion"):
+        registry.rollback(cfg, 3, "no-op")
+    with pytest.raises(registry.RegistryError, match="needs a reason"):
+        registry.rollback(cfg, 1, "  ")
+    with pytest.raises(registry.RegistryError, match="no version 9"):
+        registry.rollback(cfg, 9, "typo")
+    assert registry.resolve_alias(cfg, "champion").version == 3  # refusals move nothing
+
+    out = registry.rollback(cfg, 1, "lists too popular")
+    assert out == {"model": "rollback", "champion": 1, "previous_champion": 3, "reason": "lists too popular"}
+    assert registry.resolve_alias(cfg, "champion").version == 1
+    assert version_tags(cfg, 3)["rolled_back"].endswith("back to 1: lists too popular")
+    assert version_tags(cfg, 1)["rollback_from"] == "3"
+
+    rows = {row["version"]: row for row in registry.versions(cfg)}
+    assert list(rows) == [3, 2, 1]
+    assert rows[1]["aliases"] == ["champion"] and rows[3]["aliases"] == ["challenger"]
+    assert rows[2]["gate_passed"] == "false" and "rejected" in rows[2]["notes"]
+    assert rows[3]["metrics"] == {"valid.NDCG@20": 0.12, "valid.HR@20": 0.3, "test.NDCG@20": 0.5}
+    assert "rolled_back" in rows[3]["notes"] and "rollback_reason" in rows[1]["notes"]
+
+    where = ["--set", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}", "--set", "mlflow.registered_model=rollback"]
+    assert cli.main(["rollback", "--to-version", "2", "--reason", "again", *where]) == 2
+    assert "tokenrec rollback: error: version 2 of 'rollback' never passed" in capsys.readouterr().err
+    assert cli.main(["models", *where]) == 0
+    assert [row["version"] for row in json.loads(capsys.readouterr().out)] == [3, 2, 1]
 
 
 def test_missing_metric_fails_the_gate(store: Config, logged_uri: str) -> None:

@@ -1,0 +1,84 @@
+"""Where TokenRec's ranking quality comes from: a trained run's vectors scored several ways, no retraining.
+
+    python -m tokenrec.bench.scoring_probe --dataset lastfm --profile bench-cpu \\
+        --snapshot var/bench/lastfm/lake/interactions/snapshot_date=2026-11-27 \\
+        --run-dir var/bench/lastfm/runs/quality-bench-cpu
+
+For one run folder (``gnn/``, ``tokenizer/``, ``llm/``) it scores, on validation and on test, with every seen
+item excluded (the evaluation protocol of :mod:`tokenrec.evaluation`):
+
+* ``lightgcn``: the user's LightGCN vector . item vectors (the baseline itself);
+* ``lightgcn_cosine``: the same user vector against *normalised* item vectors (TokenRec's retrieval metric);
+* ``user_tokens``: the user's own vector decoded from its K ID tokens by the MQ-Tokenizer, against normalised
+  items: what the user-ID tokens alone carry, before any LLM;
+* ``tokenrec``: LLM4Rec's vector (history prompt) against normalised items, as the pipeline ranks;
+* ``tokenrec_raw_items``: LLM4Rec's vector against the raw item vectors (item norms act as a popularity prior);
+* ``tokenrec_plus_user_tokens_a``: the normalised LLM4Rec vector plus ``a`` times the normalised decoded user
+  vector, against normalised and raw items.
+
+It is a diagnostic, not a model: a variant that helps on validation is a candidate for the model, to be
+trained end to end and measured by ``tokenrec.bench.quality``. Writes ``probe-tokenrec-scoring-<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tokenrec.bench.machine import add_run_arguments, write_result
+from tokenrec.cli import build_config
+from tokenrec.data.interactions import InteractionData
+from tokenrec.evaluation import EmbeddingRanker, evaluate_split
+from tokenrec.tasks.train_tokenizer import load_gnn_embeddings, load_tokenizer
+from tokenrec.tokenrec_scorer import TokenRecScorer
+
+MIX_WEIGHTS = (0.5, 1.0, 2.0)
+
+
+def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
+    """``{variant: {"valid": metrics, "test": metrics}}`` for the variants of the module docstring."""
+    data = InteractionData.load(snapshot)
+    gnn = load_gnn_embeddings(run_dir, cfg.gnn.output)
+    user, item = gnn["user"].float(), gnn["item"].float()  # (n_users, d), (n_items, d)
+    item_unit = F.normalize(item, dim=-1)
+    decoded = F.normalize(load_tokenizer(run_dir / "tokenizer", "user").reconstruct(user), dim=-1)  # (n_users, d)
+    scorer = TokenRecScorer.from_run(run_dir, cfg)
+    users = np.arange(data.n_users)
+    results: dict[str, dict[str, Any]] = {}
+    for split, split_name in ((data.VALID, "valid"), (data.TEST, "test")):
+        llm = F.normalize(torch.from_numpy(scorer.embed(users, data.sequences_before(split))), dim=-1)
+        variants = {
+            "lightgcn": (user, item),
+            "lightgcn_cosine": (user, item_unit),
+            "user_tokens": (decoded, item_unit),
+            "tokenrec": (llm, item_unit),
+            "tokenrec_raw_items": (llm, item),
+        }
+        for a in MIX_WEIGHTS:
+            variants[f"tokenrec_plus_user_tokens_{a:g}"] = (llm + a * decoded, item_unit)
+            variants[f"tokenrec_plus_user_tokens_{a:g}_raw_items"] = (llm + a * decoded, item)
+        for name, (u, i) in variants.items():
+            results.setdefault(name, {})[split_name] = evaluate_split(data, EmbeddingRanker(u, i), split)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = build_config(args)
+    results = {"dataset": cfg.source.dataset, "run_dir": str(args.run_dir), **probe(cfg, args.snapshot, args.run_dir)}
+    command = " ".join(["python -m tokenrec.bench.scoring_probe", *(argv or sys.argv[1:])])
+    write_result(f"probe-tokenrec-scoring-{cfg.source.dataset}", results, command)
+
+
+if __name__ == "__main__":
+    main()
