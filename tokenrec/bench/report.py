@@ -25,10 +25,13 @@ def _provenance(doc: dict[str, Any]) -> str:
     return f"Measured {doc['date']} at commit `{doc['commit']}` on {where}. Command: `{doc['command']}`"
 
 
-def _quality(doc: dict[str, Any]) -> list[str]:
+def _quality(doc: dict[str, Any], stem: str) -> list[str]:
     res = doc["results"]
     dataset = res.get("dataset", "?")
-    lines = [f"### Quality: {dataset}", "", _provenance(doc), ""]
+    title = f"Quality: {dataset}" + ("" if stem == f"quality-{dataset}" else f" ({stem})")
+    lines = [f"### {title}", "", _provenance(doc), ""]
+    if res.get("overrides"):
+        lines += ["Overrides: `" + " ".join(res["overrides"]) + "`", ""]
     lines.append("| model | split | " + " | ".join(METRICS) + " |")
     lines.append("|---|---|" + "---|" * len(METRICS))
     for name, value in res.items():
@@ -105,6 +108,18 @@ def _sweep(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _probe(doc: dict[str, Any]) -> list[str]:
+    res = doc["results"]
+    lines = [f"### Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines += ["Diagnostic (tokenrec/bench/scoring_probe.py): one run's vectors scored several ways, nothing retrained.", ""]
+    lines += ["| scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|"]
+    for name, m in res.items():
+        if isinstance(m, dict) and "valid" in m:
+            lines.append(f"| {name} | {m['valid']['HR@20']:.4f} | {m['valid']['NDCG@20']:.4f} | "
+                         f"{m['test']['HR@20']:.4f} | {m['test']['NDCG@20']:.4f} |")
+    return lines + [""]
+
+
 def _generic(name: str, doc: dict[str, Any]) -> list[str]:
     return [f"### {name}", "", _provenance(doc), "", "```json", json.dumps(doc["results"], indent=2), "```", ""]
 
@@ -123,12 +138,14 @@ def render() -> str:
         out += [notes.read_text().strip(), ""]
     for path in sorted(RESULTS.glob("*.json")):
         doc = json.loads(path.read_text())
-        if path.stem.startswith("quality-"):
-            out += _quality(doc)
-        elif path.stem.startswith("unseen-users-"):
+        if path.stem.startswith("unseen-users-"):
             out += _unseen(doc)
         elif path.stem.startswith("sweep-tokenrec-"):
             out += _sweep(doc)
+        elif path.stem.startswith("probe-tokenrec-scoring-"):
+            out += _probe(doc)
+        elif path.stem.startswith("quality-") or "protocol" in doc["results"]:
+            out += _quality(doc, path.stem)
         else:
             out += _generic(path.stem, doc)
     return "\n".join(out) + "\n"
