@@ -378,6 +378,8 @@ class RetrievalConfig:
 
     index: str = "flat"  # flat (exact, IndexFlatIP), ivf (IndexIVFFlat), hnsw (IndexHNSWFlat): approximate
     # kinds trade recall for speed on large catalogs
+    normalize_items: bool = True  # true: cosine (the paper); false: the unit preference vector . the raw GNN
+    # item vector, so item norms (a popularity prior LightGCN learns) rank too; the training loss stays cosine
     topk: int = 20  # recommendations per user in batch inference
     batch_size: int = 1024  # users per search call
     ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items), >= 39 items per list

@@ -161,7 +161,7 @@ class FoldedTables:
         user_codes: ``(n_users, K')`` tokens by user index (may be empty where users come with their own).
         item_codes: ``(n_items, K')`` tokens by item index.
         new_items: ``(R,)`` item indices appended to the index, ascending.
-        new_item_vectors: ``(R, d)`` their retrieval vectors (the index normalises them).
+        new_item_vectors: ``(R, d)`` their retrieval vectors (normalised by the index unless retrieval.normalize_items is false).
         stats: fold-in statistics (``new_users``, ``new_items``, ``cold_*``, ``rounds``).
     """
 

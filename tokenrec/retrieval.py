@@ -49,14 +49,18 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 class ItemIndex:
-    """Normalised item vectors (row = item index) in a faiss index, searched by cosine similarity."""
+    """Item vectors (row = item index) in a faiss index, searched by inner product with unit-norm queries.
+
+    With ``cfg.normalize_items`` (default) the items are normalised too, so the score is the cosine similarity
+    of TokenRec; without it they keep their GNN norms and the score is ``cos * |item|``.
+    """
 
     def __init__(self, dim: int, cfg: RetrievalConfig | None = None) -> None:
         self.dim = dim
         self.cfg = cfg or RetrievalConfig()
         self.vectors = np.zeros(
             (0, dim), dtype=np.float32
-        )  # (n_items, d) normalised, kept for exact re-scoring
+        )  # (n_items, d) as indexed (normalised by default), kept for exact re-scoring
         self.index: faiss.Index | None = None  # created on the first add (IVF trains on those items)
 
     @classmethod
@@ -75,9 +79,12 @@ class ItemIndex:
 
     def add(self, item_vectors: np.ndarray) -> np.ndarray:
         """Append items (e.g. new since training); return their item indices, which continue ``len(self)``."""
-        x = normalize_rows(item_vectors)
-        if x.shape[1] != self.dim:
-            raise ValueError(f"item vectors have {x.shape[1]} dimensions, the index has {self.dim}")
+        if self.cfg.normalize_items:
+            x = normalize_rows(item_vectors)
+        else:
+            x = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"item vectors must be (n, {self.dim}), got shape {x.shape}")
         if self.index is None:
             self.index = self._new_index(x)
         start = len(self)
@@ -107,7 +114,7 @@ class ItemIndex:
         exclude: Sequence[np.ndarray] | None = None,
         progress: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items per query by cosine similarity, never one of that user's ``exclude`` items.
+        """Top-``k`` items per query (cosine by default, see the class), never one of the user's ``exclude`` items.
 
         Args:
             queries: ``(U, d)`` user preference vectors (normalised here).

@@ -117,6 +117,24 @@ def test_queries_and_items_are_compared_by_cosine():
     np.testing.assert_allclose(scores[0], [0.8, 0.0, -1.0], atol=1e-6)
 
 
+def test_raw_item_vectors_rank_by_cosine_times_item_norm_and_survive_save_and_load(tmp_path):
+    items = np.array([[10.0, 0.0], [3.0, 4.0], [0.0, -3.0], [0.0, 1.0]], dtype=np.float32)
+    index = ItemIndex.build(items, RetrievalConfig(normalize_items=False))
+    scores, ids = index.search(np.array([[0.0, 5.0]], dtype=np.float32), 4)
+    assert ids.tolist() == [[1, 3, 0, 2]]  # item 1 (cosine 0.8, norm 5) beats item 3 (cosine 1, norm 1)
+    np.testing.assert_allclose(scores[0], [4.0, 1.0, 0.0, -3.0], atol=1e-6)
+    index.save(tmp_path / "index")
+    loaded = ItemIndex.load(tmp_path / "index")
+    assert loaded.cfg.normalize_items is False
+    new = loaded.add(np.array([[0.0, 6.0]], dtype=np.float32))  # a new item keeps its norm too
+    assert loaded.search(np.array([[0.0, 1.0]], dtype=np.float32), 1)[1].tolist() == [[int(new[0])]]
+    rng = np.random.default_rng(0)
+    catalog, queries = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(20, 8)).astype(np.float32)
+    want = np.argsort(-(normalize_rows(queries) @ catalog.T), axis=1, kind="stable")[:, :10]
+    got = ItemIndex.build(catalog, RetrievalConfig(normalize_items=False)).search(queries, 10)[1]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_ivf_probing_every_list_is_exact_and_hnsw_has_high_recall():
     items, queries, seen = tied_catalog(seed=2, n_items=2000)
     _, exact_ids = ItemIndex.build(items).search(queries, 10, seen)
@@ -146,7 +164,7 @@ def test_mismatched_dimensions_are_rejected():
     index = ItemIndex.build(np.eye(4, dtype=np.float32))
     with pytest.raises(ValueError, match="dimensions"):
         index.search(np.ones((2, 3), dtype=np.float32), 2)
-    with pytest.raises(ValueError, match="dimensions"):
+    with pytest.raises(ValueError, match=r"must be \(n, 4\), got shape \(2, 5\)"):
         index.add(np.ones((2, 5), dtype=np.float32))
 
 
