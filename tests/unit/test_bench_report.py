@@ -1,0 +1,43 @@
+"""docs/BENCHMARKS.md is rendered from the result files: each kind gets its table, with where it was measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokenrec.bench import report
+
+pytestmark = pytest.mark.unit
+
+MACHINE = {"cpu": "AMD EPYC", "cores": 2, "gpu": None}
+
+
+def metrics(hr: float, ndcg: float) -> dict[str, float]:
+    return {"HR@20": hr, "NDCG@20": ndcg}
+
+
+def write(folder, name: str, results: dict) -> None:
+    doc = {"command": f"python -m {name}", "commit": "abc1234", "date": "2026-11-27 23:00 UTC",
+           "machine": MACHINE, "results": results}
+    (folder / f"{name}.json").write_text(json.dumps(doc))
+
+
+def test_each_result_kind_is_rendered_with_its_provenance(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    split = {"valid": metrics(0.15, 0.06), "test": metrics(0.14, 0.059)}
+    write(tmp_path, "quality-lastfm", {"dataset": "lastfm", "lightgcn": split, "protocol": {"ks": [20]}})
+    write(tmp_path, "sweep-lightgcn-sampling-lastfm",
+          {"dataset": "lastfm", "lightgcn": split, "protocol": {"ks": [20]}, "overrides": ["gnn.sampling=user"]})
+    write(tmp_path, "probe-tokenrec-scoring-lastfm", {"dataset": "lastfm", "user_tokens": split})
+    write(tmp_path, "speed-etl", {"rows": 5})
+
+    page = report.render()
+
+    assert "### Quality: lastfm\n" in page
+    assert "### Quality: lastfm (sweep-lightgcn-sampling-lastfm)" in page and "`gnn.sampling=user`" in page
+    assert "| lightgcn | test | nan | nan | 0.1400 | 0.0590 | nan | nan |" in page
+    assert "| TokenRec as reported by the paper (its protocol) | test |" in page
+    assert "| user_tokens | 0.1500 | 0.0600 | 0.1400 | 0.0590 |" in page
+    assert "### speed-etl" in page and '"rows": 5' in page
+    assert page.count("at commit `abc1234` on AMD EPYC, 2 cores, no GPU") == 4
