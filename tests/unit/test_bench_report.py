@@ -31,6 +31,8 @@ def test_each_result_kind_is_rendered_with_its_provenance(tmp_path, monkeypatch)
           {"dataset": "lastfm", "lightgcn": split, "protocol": {"ks": [20]}, "overrides": ["gnn.sampling=user"]})
     write(tmp_path, "probe-tokenrec-scoring-lastfm", {"dataset": "lastfm", "user_tokens": split})
     write(tmp_path, "speed-etl", {"rows": 5})
+    write(tmp_path, "unseen-users-ml100k", {"dataset": "ml100k", "users": {"seen": 849, "unseen": 94},
+                                            "protocol": {"held_out": "10%"}, "lightgcn": {"seen": split, "unseen": split}})
 
     page = report.render()
 
@@ -40,4 +42,5 @@ def test_each_result_kind_is_rendered_with_its_provenance(tmp_path, monkeypatch)
     assert "| TokenRec as reported by the paper (its protocol) | test |" in page
     assert "| user_tokens | 0.1500 | 0.0600 | 0.1400 | 0.0590 |" in page
     assert "### speed-etl" in page and '"rows": 5' in page
-    assert page.count("at commit `abc1234` on AMD EPYC, 2 cores, no GPU") == 4
+    assert "| lightgcn | unseen | 0.1500 | 0.0600 | 0.1400 | 0.0590 |" in page
+    assert page.count("at commit `abc1234` on AMD EPYC, 2 cores, no GPU") == 5

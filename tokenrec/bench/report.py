@@ -84,7 +84,7 @@ def _unseen(doc: dict[str, Any]) -> list[str]:
     lines += [f"Users: {res['users']}; protocol: " + "; ".join(f"{k}: {v}" for k, v in res["protocol"].items())]
     lines += ["", "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|---|"]
     for name, groups in res.items():
-        if isinstance(groups, dict) and "seen" in groups:
+        if isinstance(groups, dict) and isinstance(groups.get("seen"), dict):  # not the user counts
             for group, m in groups.items():
                 lines.append(
                     f"| {name} | {group} | {m['valid']['HR@20']:.4f} | {m['valid']['NDCG@20']:.4f} | "
