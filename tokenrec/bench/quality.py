@@ -4,9 +4,9 @@
         --snapshot var/bench/lastfm/lake/interactions/snapshot_date=2026-11-27 --run-dir var/bench/lastfm/runs/q
 
 Runs the pipeline's own stages in order on one snapshot (same split, full ranking, seen items excluded, model
-selection on validation only): ``train-gnn`` (LightGCN), then, when the evaluated models include TokenRec,
-``train-tokenizer`` and ``train-llm``, and finally ``evaluate`` with every model of ``eval.baselines``
-(most-popular, MF, LightGCN, SASRec, the TokenRec variants). The result file holds the ``evaluate`` stage's
+selection on validation only): ``train-gnn`` (LightGCN), ``train-tokenizer`` (seconds to a minute; its
+statistics are always reported), ``train-llm`` when the evaluated models include TokenRec, and finally
+``evaluate`` with every model of ``eval.baselines`` (most-popular, MF, LightGCN, SASRec, the TokenRec variants). The result file holds the ``evaluate`` stage's
 ``metrics.json`` (DESIGN.md, "Machine-readable results"), LightGCN's training summary (selected epoch, epochs,
 seconds per epoch, every seed when ``gnn.seeds`` > 1), the tokenizer statistics for users and items (usage and
 perplexity per level, reconstruction error, entities sharing a code tuple), LLM4Rec's training history, the
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     with_tokenrec = any(name in cfg.eval.baselines for name in TOKENREC_MODELS)
     seconds: dict[str, float] = {}
     for name, stage in STAGES.items():
-        if name in args.skip or (name in ("tokenizer", "llm") and not with_tokenrec):
+        if name in args.skip or (name == "llm" and not with_tokenrec):  # the tokenizer is cheap: its stats always
             continue
         started = time.perf_counter()
         stage.run(cfg, args.snapshot, args.run_dir)
@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         "profile": args.profile,
         "overrides": args.overrides,
     }
-    if with_tokenrec:
+    if (run / "tokenizer" / "stats.json").is_file():
         document["tokenizer_stats"] = read_json(run / "tokenizer" / "stats.json")
+    if with_tokenrec:
         document["llm_training"] = read_json(run / "llm" / "history.json")
     command = " ".join(["python -m tokenrec.bench.quality", *(argv if argv is not None else sys.argv[1:])])
     path = write_result(args.name or f"quality-{metrics['dataset']}", document, command=command)
