@@ -149,8 +149,9 @@ class GnnConfig:
     refresh_every: int = 1  # 1 = exact; k > 1: approximate, layers 2..L cached for k batches (models/lightgcn.py)
     seeds: int = 1  # independent trainings (seeds train.seed, train.seed + 1, ...); the one with the best
     # validation NDCG@20 is kept: model selection on validation, never on test
-    sampling: str = "edge"  # BPR triples per epoch: edge = every training edge once; user = as many triples with
-    # the user drawn uniformly, then one of its items (the LightGCN authors' sampler; weighs light users more)
+    sampling: str = "user"  # BPR triples per epoch: user = as many triples as training edges, the user drawn
+    # uniformly, then one of its items (the LightGCN authors' sampler; better on validation on LastFM and
+    # MovieLens-100K, docs/benchmarks/sweep-lightgcn-sampling-*.json); edge = every training edge once
 
     def __post_init__(self) -> None:
         _one_of("gnn.output", self.output, GNN_OUTPUTS)

@@ -131,14 +131,14 @@ def test_user_sampling_draws_training_pairs_with_users_uniform() -> None:
     assert user0_items.min() > 0.8 * user0_items.max()  # and its items about equally often
 
 
-def test_lightgcn_learns_with_user_sampling(walks: InteractionData) -> None:
+def test_lightgcn_learns_with_edge_sampling_too(walks: InteractionData) -> None:
     users, items = walks.train_pairs
     graph = normalized_adjacency(users, items, walks.n_users, walks.n_items)
     model = LightGCN(walks.n_users, walks.n_items, 32, 3, graph)
     settings = GnnConfig(
-        dim=32, lr=0.01, batch_size=256, max_epochs=20, eval_every=20, patience=20, sampling="user"
+        dim=32, lr=0.01, batch_size=256, max_epochs=20, eval_every=20, patience=20, sampling="edge"
     )
-    result = train_bpr(model, walks, settings, TrainConfig(progress=False), name="user-sampled")
+    result = train_bpr(model, walks, settings, TrainConfig(progress=False), name="edge-sampled")
     assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
     popular = evaluate_split(walks, MostPopular(walks.item_popularity()), walks.VALID)
     assert result.best_valid["NDCG@20"] > popular["NDCG@20"] + 0.1
