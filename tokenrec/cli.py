@@ -59,11 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--ds", required=True, help="logical date YYYY-MM-DD (the snapshot / output partition)")
-        p.add_argument("--dataset", help="named data set preset: ml100k, lastfm, beauty (or your own name)")
-        p.add_argument("--profile", help="a shipped config profile: demo (CPU, minutes) or full (paper sizes, GPU)")
-        p.add_argument("--config", help="YAML file with config sections (see docs/CONFIG.md)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config value, e.g. --set etl.kcore=10 (repeatable)")
+        _add_config_arguments(p)
         if name in TRAINING_STAGES:
             p.add_argument("--run-id", help="retrain run folder name under paths.runs (default <dataset>-<ds>)")
         if name == "batch-inference":
@@ -71,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
                            help="local: this process; spark: users over Spark executors "
                            "(same as --set inference.engine=...)")
     return parser
+
+
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The config layers every command takes: --dataset, --profile, --config, --set."""
+    p.add_argument("--dataset", help="named data set preset: ml100k, lastfm, beauty (or your own name)")
+    p.add_argument("--profile", help="a shipped config profile: demo (CPU, minutes) or full (paper sizes, GPU)")
+    p.add_argument("--config", help="YAML file with config sections (see docs/CONFIG.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set etl.kcore=10 (repeatable)")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -227,10 +232,7 @@ def registry_main(command: str, argv: list[str]) -> int:
     from tokenrec import registry
 
     parser = argparse.ArgumentParser(prog=f"tokenrec {command}", description=OTHER_COMMANDS[command])
-    parser.add_argument("--dataset", help="named data set preset (its registered model settings)")
-    parser.add_argument("--profile", help="a shipped config profile")
-    parser.add_argument("--config", help="YAML file with config sections (e.g. mlflow.tracking_uri)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_config_arguments(parser)
     if command == "rollback":
         parser.add_argument("--to-version", type=int, required=True, help="the version to make champion again")
         parser.add_argument("--reason", required=True, help="why; stored on both versions")

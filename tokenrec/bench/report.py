@@ -78,6 +78,11 @@ def _tokenizer_row(entity: str, st: dict[str, Any]) -> str:
     )
 
 
+def _split_cells(m: dict[str, dict[str, float]]) -> str:
+    """``valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20`` table cells of one metrics entry."""
+    return " | ".join(f"{m[split][k]:.4f}" for split in ("valid", "test") for k in ("HR@20", "NDCG@20"))
+
+
 def _unseen(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     lines = [f"### Seen vs unseen users: {res.get('dataset', '?')}", "", _provenance(doc), ""]
@@ -85,11 +90,7 @@ def _unseen(doc: dict[str, Any]) -> list[str]:
     lines += ["", "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|---|"]
     for name, groups in res.items():
         if isinstance(groups, dict) and isinstance(groups.get("seen"), dict):  # not the user counts
-            for group, m in groups.items():
-                lines.append(
-                    f"| {name} | {group} | {m['valid']['HR@20']:.4f} | {m['valid']['NDCG@20']:.4f} | "
-                    f"{m['test']['HR@20']:.4f} | {m['test']['NDCG@20']:.4f} |"
-                )
+            lines += [f"| {name} | {group} | {_split_cells(m)} |" for group, m in groups.items()]
     return lines + [""]
 
 
@@ -115,8 +116,7 @@ def _probe(doc: dict[str, Any]) -> list[str]:
     lines += ["| scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|"]
     for name, m in res.items():
         if isinstance(m, dict) and "valid" in m:
-            lines.append(f"| {name} | {m['valid']['HR@20']:.4f} | {m['valid']['NDCG@20']:.4f} | "
-                         f"{m['test']['HR@20']:.4f} | {m['test']['NDCG@20']:.4f} |")
+            lines.append(f"| {name} | {_split_cells(m)} |")
     return lines + [""]
 
 

@@ -67,6 +67,7 @@ class NegativeSampler:
     def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int) -> None:
         self.n_items = n_items
         self.positive_keys = np.unique(users.astype(np.int64) * n_items + items)  # sorted (user, item) keys
+        self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # per user: id, first key, count
 
     def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = users.astype(np.int64) * self.n_items + items
@@ -76,14 +77,12 @@ class NegativeSampler:
 
     def sample_pairs(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``count`` (user, positive) pairs: a user uniformly among those with training items, then one of them."""
-        if not hasattr(self, "_user_starts"):
-            key_users = self.positive_keys // self.n_items  # sorted, so each user's items are one run
-            self._active_users, self._user_starts, self._user_degrees = np.unique(
-                key_users, return_index=True, return_counts=True
-            )
-        picked = rng.integers(0, len(self._active_users), size=count)
-        offsets = (rng.random(count) * self._user_degrees[picked]).astype(np.int64)
-        keys = self.positive_keys[self._user_starts[picked] + offsets]
+        if self._runs is None:  # keys are sorted, so each user's items are one run
+            self._runs = np.unique(self.positive_keys // self.n_items, return_index=True, return_counts=True)
+        active, starts, degrees = self._runs
+        picked = rng.integers(0, len(active), size=count)
+        offsets = (rng.random(count) * degrees[picked]).astype(np.int64)
+        keys = self.positive_keys[starts[picked] + offsets]
         return keys // self.n_items, keys % self.n_items
 
     def sample(self, users: np.ndarray, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
