@@ -45,7 +45,7 @@ from tokenrec.foldin import extend_codes, fold_in
 from tokenrec.models.quantizer import Tokenizer
 from tokenrec.prompts import history_codes
 from tokenrec.retrieval import ItemIndex
-from tokenrec.tokenrec_scorer import TokenRecScorer, variant_prompts
+from tokenrec.tokenrec_scorer import TokenRecScorer
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,7 @@ class Recommender:
         """
         positions = np.arange(len(histories))
         shown = history_codes(histories, positions, self.item_codes, self.scorer.history_len)
-        prompts = variant_prompts("full", np.asarray(user_codes), shown, self.scorer.history_style)
-        z = self.scorer.embed_prompts(prompts)  # (U, d)
+        z = self.scorer.embed_codes(np.asarray(user_codes), shown, "full")  # (U, d)
         exclude = []
         for history in histories:
             rows = self.item_row[np.asarray(history, dtype=np.int64)]

@@ -9,8 +9,9 @@ Prompt variants (PAPER.md sections 2 and 5):
     ``id_only``        the user-ID-only prompt;
     ``unseen_prompt``  the history prompt in a wording that training never used.
 
-Speed: prompts are sorted by length before batching, so a batch pads to nearly its own length (dynamic
-padding, never to a fixed 512); the forward passes run under ``inference_mode``.
+Speed: prompts are assembled as token ids (:class:`tokenrec.prompts.PromptEncoder`, the same ids as
+tokenizing the prompt strings), sorted by length before batching, so a batch pads to nearly its own length
+(dynamic padding, never to a fixed 512); the forward passes run under ``inference_mode``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError
 from tokenrec.evaluation import SeenItems, evaluate_split
 from tokenrec.models.llm4rec import LLM4Rec
-from tokenrec.prompts import build_prompts, history_codes, tokenize_prompts
+from tokenrec.prompts import PromptEncoder, build_prompts, history_codes, select_rows
 from tokenrec.retrieval import ItemIndex
 from tokenrec.storage import read_json
 
@@ -51,6 +52,12 @@ EVAL_MODELS = {"tokenrec": "full", "tokenrec_id_only": "id_only", "tokenrec_unse
 PROMPT_MODE = {"full": "eval", "id_only": "eval", "unseen_prompt": "unseen"}
 
 
+def check_variant(variant: str) -> None:
+    """Raise a ConfigError unless ``variant`` is a prompt variant."""
+    if variant not in PROMPT_VARIANTS:
+        raise ConfigError(f"prompt variant must be one of {', '.join(PROMPT_VARIANTS)}, got {variant!r}")
+
+
 def variant_prompts(
     variant: str,
     user_codes: np.ndarray,
@@ -58,8 +65,7 @@ def variant_prompts(
     style: str = "paper",
 ) -> list[str]:
     """The evaluation prompts of ``variant`` for users with ``user_codes`` ``(B, K)`` and item-code histories."""
-    if variant not in PROMPT_VARIANTS:
-        raise ConfigError(f"prompt variant must be one of {', '.join(PROMPT_VARIANTS)}, got {variant!r}")
+    check_variant(variant)
     shown = None if variant == "id_only" else histories
     return build_prompts(user_codes, shown, mode=PROMPT_MODE[variant], style=style)
 
@@ -112,28 +118,37 @@ class TokenRecScorer:
         self.amp_dtype = amp_dtype
         self.progress = progress
         self.index = ItemIndex.build(np.asarray(item_vectors, dtype=np.float32), retrieval)
+        self.encoder = PromptEncoder(model.backbone.tokenizer, history_style)
 
     def prompts(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> list[str]:
-        """The prompts of ``users``; ``sequences[u]`` is user u's time-ordered history (all of it)."""
+        """The prompt strings of ``users`` (for people; scoring assembles token ids directly)."""
         histories = history_codes(sequences, users, self.item_codes, self.history_len)
         return variant_prompts(variant, self.user_codes[users], histories, self.history_style)
 
     @torch.inference_mode()
-    def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
-        """Preference vectors ``(U, d)`` float32 of ``prompts``, batched by length."""
+    def embed_codes(
+        self, user_codes: np.ndarray, histories: Sequence[np.ndarray], variant: str = "full"
+    ) -> np.ndarray:
+        """Preference vectors ``(U, d)`` float32 of users given by their codes ``(U, K)`` and item-code histories.
+
+        Args:
+            user_codes: ``(U, K)`` the users' ID tokens.
+            histories: per user, the codes ``(h, K)`` of the items the prompt shows (see ``history_codes``).
+            variant: a prompt variant, ``full``, ``id_only`` or ``unseen_prompt``.
+        """
+        check_variant(variant)
         was_training = self.model.training
         self.model.eval()
-        tokenizer = self.model.backbone.tokenizer
-        order = np.argsort([len(p) for p in prompts], kind="stable")
-        out = np.zeros((len(prompts), self.model.out_dim), dtype=np.float32)
+        shown = None if variant == "id_only" else histories
+        encoded = self.encoder.encode(user_codes, shown, PROMPT_MODE[variant], None, self.model.backbone.max_length)
+        order = np.argsort(encoded["attention_mask"].sum(dim=1).numpy(), kind="stable")
+        out = np.zeros((len(order), self.model.out_dim), dtype=np.float32)
         multiple = 8 if self.device.type == "cuda" else None
-        starts = range(0, len(prompts), self.batch_size)
+        starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc="llm4rec", unit="batch", disable=not self.progress, leave=False):
             rows = order[start : start + self.batch_size]
-            batch = tokenize_prompts(
-                tokenizer, [prompts[i] for i in rows], self.model.backbone.max_length, multiple
-            )
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = select_rows(encoded, rows, multiple, self.encoder.padding_side)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device, self.amp_dtype):
                 z = self.model(batch["input_ids"], batch["attention_mask"])  # (B, d)
             out[rows] = z.float().cpu().numpy()
@@ -142,7 +157,9 @@ class TokenRecScorer:
 
     def embed(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> np.ndarray:
         """Preference vectors ``(U, d)`` of ``users``."""
-        return self.embed_prompts(self.prompts(np.asarray(users), sequences, variant))
+        users = np.asarray(users)
+        histories = history_codes(sequences, users, self.item_codes, self.history_len)
+        return self.embed_codes(self.user_codes[users], histories, variant)
 
     def recommend(
         self,

@@ -23,7 +23,7 @@ from tokenrec.backbone import (
 )
 from tokenrec.config import Config, LlmConfig, PathsConfig
 from tokenrec.errors import ConfigError
-from tokenrec.prompts import build_prompts, id_token_strings, tokenize_prompts
+from tokenrec.prompts import PromptEncoder, build_prompts, id_token_strings, tokenize_prompts
 
 STATES = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # (B=2, T=4, H=3)
 
@@ -182,6 +182,12 @@ def test_minilm_loads_offline_and_keeps_id_tokens_whole(tmp_path):
     batch = tokenize_prompts(backbone.tokenizer, _prompts(2), backbone.max_length)
     with torch.inference_mode():
         assert backbone(**batch).shape == (2, 384)
+    users, histories = np.array([[128, 21, 35], [0, 1, 2]]), [np.arange(60).reshape(20, 3), np.ones((1, 3), int)]
+    for style in ("paper", "compact"):  # the real WordPiece tokenizer: assembled ids == tokenized strings
+        encoder = PromptEncoder(backbone.tokenizer, style)
+        assert encoder.assembles
+        expected = tokenize_prompts(backbone.tokenizer, build_prompts(users, histories, style=style))
+        assert torch.equal(encoder.encode(users, histories)["input_ids"], expected["input_ids"])
 
 
 @pytest.mark.slow

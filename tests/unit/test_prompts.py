@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tokenrec.backbone import add_id_tokens, tiny_backbone
 from tokenrec.errors import ConfigError
@@ -12,12 +13,14 @@ from tokenrec.prompts import (
     HISTORY_UNSEEN_TEMPLATE,
     ID_ONLY_TEMPLATES,
     ID_ONLY_UNSEEN_TEMPLATE,
+    PromptEncoder,
     build_prompts,
     entity_text,
     history_codes,
     id_token,
     id_token_strings,
     recent_history,
+    select_rows,
     tokenize_prompts,
 )
 
@@ -137,3 +140,79 @@ def test_a_prompt_longer_than_the_backbone_takes_is_an_error(tokenizer):
     prompts = build_prompts(USER_CODES[:1], [np.zeros((50, 3), dtype=int)])
     with pytest.raises(ConfigError, match="history_len"):
         tokenize_prompts(tokenizer, prompts, max_length=64)
+
+
+def assert_same_ids(encoder, tokenizer, user_codes, histories, mode, style):
+    """The assembled ids equal the tokenizer's ids of the prompt strings, template draws included."""
+    got = encoder.encode(user_codes, histories, mode, np.random.default_rng(7))
+    prompts = build_prompts(user_codes, histories, mode, np.random.default_rng(7), style)
+    expected = tokenize_prompts(tokenizer, prompts)
+    assert torch.equal(got["input_ids"], expected["input_ids"]), (mode, style)
+    assert torch.equal(got["attention_mask"], expected["attention_mask"]), (mode, style)
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama", "tiny-t5"])
+@pytest.mark.parametrize("style", ["paper", "compact"])
+def test_assembled_prompt_ids_equal_the_tokenized_strings(name, style):
+    backbone = tiny_backbone(name)
+    add_id_tokens(backbone, levels=3, codebook_size=16)
+    encoder = PromptEncoder(backbone.tokenizer, style)
+    assert encoder.assembles  # these tokenizers split around ID tokens: no string fallback
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 16, (40, 3))
+    histories = [rng.integers(0, 16, (int(rng.integers(0, 7)), 3)) for _ in range(40)]  # some empty
+    for mode in ("eval", "unseen", "train"):
+        assert_same_ids(encoder, backbone.tokenizer, users, histories, mode, style)
+        assert_same_ids(encoder, backbone.tokenizer, users, None, mode, style)
+
+
+def test_assembled_prompts_pad_on_the_tokenizers_side():
+    backbone = tiny_backbone("tiny-llama")
+    add_id_tokens(backbone, levels=3, codebook_size=16)
+    backbone.tokenizer.padding_side = "left"
+    encoder = PromptEncoder(backbone.tokenizer, "paper")
+    histories = [np.ones((4, 3), dtype=int), np.ones((1, 3), dtype=int)]
+    assert_same_ids(encoder, backbone.tokenizer, USER_CODES % 16, histories, "eval", "paper")
+    encoded = encoder.encode(USER_CODES % 16, histories)
+    assert encoded["attention_mask"][1, 0] == 0 and encoded["attention_mask"][1, -1] == 1
+    short = select_rows(encoded, np.array([1]), padding_side="left")  # cropped to its own length
+    assert short["attention_mask"].all() and short["input_ids"].shape[1] == int(encoded["attention_mask"][1].sum())
+
+
+def test_a_tokenizer_whose_pieces_change_with_their_neighbours_falls_back_to_strings(tokenizer):
+    class Contextual:  # tokenizes one prompt differently once it shows three items: pieces are not constant
+        padding_side, pad_token_id = tokenizer.padding_side, tokenizer.pad_token_id
+
+        def get_added_vocab(self):
+            return tokenizer.get_added_vocab()
+
+        def __call__(self, text, **kwargs):
+            encoded = tokenizer(text, **kwargs)
+            if isinstance(text, str) and text.count("<v1-") >= 3:
+                encoded["input_ids"] = encoded["input_ids"][:-1]
+            return encoded
+
+    encoder = PromptEncoder(Contextual(), "paper")
+    assert not encoder.assembles
+    assert_same_ids(encoder, tokenizer, USER_CODES, HISTORY, "train", "paper")
+
+
+def test_select_rows_crops_to_the_longest_kept_prompt(tokenizer):
+    encoder = PromptEncoder(tokenizer, "compact")
+    histories = [np.tile(HISTORY[0], (10, 1)), HISTORY[1]]
+    encoded = encoder.encode(USER_CODES, histories)
+    lengths = encoded["attention_mask"].sum(dim=1).tolist()
+    assert encoded["input_ids"].shape[1] == max(lengths)
+    short = select_rows(encoded, np.array([1]))
+    assert short["input_ids"].shape == (1, lengths[1])
+    assert select_rows(encoded, np.array([1]), pad_to_multiple_of=8)["input_ids"].shape[1] == min(
+        -(-lengths[1] // 8) * 8, max(lengths)
+    )
+
+
+def test_codes_without_tokens_and_long_prompts_are_errors(tokenizer):
+    encoder = PromptEncoder(tokenizer, "paper")
+    with pytest.raises(ConfigError, match="different runs"):
+        encoder.encode(np.array([[0, 1, 256]]), None)
+    with pytest.raises(ConfigError, match="history_len"):
+        encoder.encode(USER_CODES[:1], [np.zeros((50, 3), dtype=int)], max_length=64)

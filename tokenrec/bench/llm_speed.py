@@ -2,7 +2,8 @@
 
     python -m tokenrec.bench.llm_speed --backbones minilm smollm2 --name speed-llm-cpu
 
-Inference is what batch inference and evaluation do per user: write the prompt, tokenize with dynamic padding,
+Inference is what batch inference and evaluation do per user: assemble the prompt's token ids (the same ids as
+tokenizing the prompt string, :class:`tokenrec.prompts.PromptEncoder`) with dynamic padding,
 one forward pass of the backbone, the projection, and the exact cosine top-K search over the item index with the
 user's seen items excluded (:meth:`tokenrec.tokenrec_scorer.TokenRecScorer.recommend`). Throughput does not depend
 on trained weights, so the model is the backbone with the K * L user and item ID tokens added and a fresh
@@ -34,7 +35,7 @@ from tokenrec.backbone import add_id_tokens, load_backbone
 from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
-from tokenrec.prompts import build_prompts, history_codes, tokenize_prompts
+from tokenrec.prompts import PromptEncoder, history_codes
 from tokenrec.tokenrec_scorer import TokenRecScorer
 from tokenrec.training.device import pick_device
 
@@ -76,8 +77,9 @@ def time_inference(
     started = time.perf_counter()
     scorer.recommend(ids, sequences, 100, seen, variant)
     seconds = time.perf_counter() - started
-    example = scorer.prompts(ids[:1], sequences, variant)
-    tokens = int(tokenize_prompts(model.backbone.tokenizer, example)["attention_mask"].sum())
+    example = history_codes(sequences, ids[:1], item_codes, history_len)
+    shown = None if variant == "id_only" else example
+    tokens = int(scorer.encoder.encode(user_codes[:1], shown, "eval")["attention_mask"].sum())
     return {
         "prompt": prompt, "dtype": dtype, "batch": batch, "users": users, "seconds": seconds,
         "users_per_s": users / seconds, "prompt_tokens": tokens,
@@ -89,15 +91,16 @@ def time_training(model: LLM4Rec, batch: int, steps: int, history_len: int, devi
     item_vectors = torch.randn(N_ITEMS, DIM, device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
     amp = torch.bfloat16 if device.type == "cuda" else None
+    encoder = PromptEncoder(model.backbone.tokenizer, "compact")
     model.train()
     rng = np.random.default_rng(2)
     seconds = 0.0
     for step in range(steps + 1):  # step 0 warms up
         rows = np.arange(step * batch, (step + 1) * batch)
         histories = history_codes(sequences, rows, item_codes, history_len)
-        prompts = build_prompts(user_codes[rows], histories, mode="train", rng=rng, style="compact")
         started = time.perf_counter()
-        encoded = {k: v.to(device) for k, v in tokenize_prompts(model.backbone.tokenizer, prompts).items()}
+        encoded = encoder.encode(user_codes[rows], histories, "train", rng)
+        encoded = {k: v.to(device) for k, v in encoded.items()}
         targets = torch.as_tensor([sequences[r][-1] for r in rows], device=device)
         negatives = torch.as_tensor(rng.integers(0, N_ITEMS, size=(batch, 1)), device=device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

@@ -46,6 +46,9 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    """The checkout's short commit (``-dirty`` with local changes), or ``TOKENREC_COMMIT`` where git is absent."""
+    if os.environ.get("TOKENREC_COMMIT"):  # a copy of the tree without .git (a GPU machine, an image)
+        return os.environ["TOKENREC_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)

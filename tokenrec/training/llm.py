@@ -49,7 +49,7 @@ from tokenrec.backbone import IdVocabulary
 from tokenrec.config import LlmConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
-from tokenrec.prompts import build_prompts, tokenize_prompts
+from tokenrec.prompts import PromptEncoder, build_prompts, select_rows
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
 from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
 from tokenrec.training.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -114,6 +114,18 @@ class TrainingSamples:
         }
 
 
+def histories_for(
+    samples: TrainingSamples, rows: np.ndarray, id_only: np.ndarray, item_codes: np.ndarray, cfg: LlmConfig
+) -> list[np.ndarray]:
+    """Item-code histories ``(h, K)`` of sample indices ``rows``; ``id_only[i]`` empties row i's history."""
+    histories = []
+    for row, no_history in zip(rows, id_only, strict=True):
+        position = samples.positions[row]
+        items = samples.sequences[samples.users[row]][max(0, position - cfg.history_len) : position]
+        histories.append(item_codes[items[:0] if no_history else items])
+    return histories
+
+
 def prompts_for(
     samples: TrainingSamples,
     rows: np.ndarray,
@@ -123,12 +135,8 @@ def prompts_for(
     cfg: LlmConfig,
     rng: np.random.Generator,
 ) -> list[str]:
-    """Training prompts of sample indices ``rows``; ``id_only[i]`` drops the history of row i."""
-    histories = []
-    for row, no_history in zip(rows, id_only, strict=True):
-        position = samples.positions[row]
-        items = samples.sequences[samples.users[row]][max(0, position - cfg.history_len) : position]
-        histories.append(item_codes[items[:0] if no_history else items])
+    """Training prompt strings of sample indices ``rows`` (training itself assembles the same token ids)."""
+    histories = histories_for(samples, rows, id_only, item_codes, cfg)
     return build_prompts(user_codes[samples.users[rows]], histories, "train", rng, cfg.history_style)
 
 
@@ -182,6 +190,7 @@ class _Trainer:
         self.model, self.data, self.tables, self.cfg, self.train = model, data, tables, cfg, train
         self.device, self.ks, self.out_dir, self.ranks = device, sorted(set(ks) | {20}), out_dir, ranks
         self.samples = TrainingSamples(data)
+        self.encoder = PromptEncoder(model.backbone.tokenizer, cfg.history_style)
         if not len(self.samples):
             raise ValueError("no training samples: every user has fewer than two training interactions")
         vectors = tables["item_vectors"]  # (n_items, d): the frozen targets
@@ -343,14 +352,13 @@ class _Trainer:
         every = slice(first, first + size * self.ranks.world)  # the global micro-batch
         mine = slice(self.ranks.rank * size, (self.ranks.rank + 1) * size)  # this rank's part of it
         rng = np.random.default_rng([self.train.seed, epoch, micro])
-        codes = self.tables["user_codes"], self.tables["item_codes"]
-        prompts = prompts_for(
-            self.samples, plan["sample"][every], plan["id_only"][every], *codes, self.cfg, rng
-        )
-        rows = plan["sample"][every][mine]  # (B,) sample indices
-        backbone, device = self.model.backbone, self.device
-        multiple = 8 if device.type == "cuda" else None
-        batch = tokenize_prompts(backbone.tokenizer, prompts[mine], backbone.max_length, multiple)
+        samples = plan["sample"][every]  # (B * world,) sample indices of the global micro-batch
+        histories = histories_for(self.samples, samples, plan["id_only"][every], self.tables["item_codes"], self.cfg)
+        user_codes = self.tables["user_codes"][self.samples.users[samples]]
+        device = self.device
+        encoded = self.encoder.encode(user_codes, histories, "train", rng, self.model.backbone.max_length)
+        batch = select_rows(encoded, mine, 8 if device.type == "cuda" else None, self.encoder.padding_side)
+        rows = samples[mine]  # (B,) this rank's sample indices
         with autocast(device, self.amp):
             z = self.net(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (B, d)
         targets = torch.as_tensor(self.samples.targets[rows], device=device)  # (B,)
