@@ -14,8 +14,10 @@
 #   2. the CUDA tests (pytest -m gpu): bf16 training with resume, tokenizer training on the GPU
 #   3. LightGCN seconds per epoch on a synthetic 1M-interaction graph
 #   4. TokenRec on MovieLens-100K: LLM4Rec trained on every training prefix for LLM_EPOCHS epochs
+# STEPS picks some of them (default: all four).
 set -u
 OUT=${OUT:-var/gpu}
+STEPS=${STEPS:-"speed-llm pytest lightgcn quality"}
 LLM_EPOCHS=${LLM_EPOCHS:-4}
 QUALITY_LIMIT=${QUALITY_LIMIT:-270}
 mkdir -p "$OUT"
@@ -31,22 +33,23 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log, report the
     echo "== $name: exit $? after $((SECONDS - started)) s" | tee -a "$LOG"
 }
 keep() { for f in "$@"; do [ -f "$f" ] && cp "$f" "$OUT/"; done; }
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 
 { nvidia-smi -L; "$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'; } 2>&1 | tee -a "$LOG"
 
-step speed-llm-gpu 110 "$PY" -m tokenrec.bench.llm_speed --backbones "$MINILM" --device cuda --dtypes bf16 \
+wanted speed-llm && step speed-llm-gpu 110 "$PY" -m tokenrec.bench.llm_speed --backbones "$MINILM" --device cuda --dtypes bf16 \
     --prompts history history_paper id_only --batches 1024 4096 --users 65536 --train-batch 256 --train-steps 20 \
     --name speed-llm-gpu
 keep docs/benchmarks/speed-llm-gpu.json
 
-step pytest-gpu 90 "$PY" -m pytest -q -m gpu tests/models -p no:cacheprovider
-step speed-lightgcn-1m-gpu 70 "$PY" -m tokenrec.bench.gnn_speed --synthetic 60000 25000 1000000 --epochs 3 \
+wanted pytest && step pytest-gpu 90 "$PY" -m pytest -q -m gpu tests/models -p no:cacheprovider
+wanted lightgcn && step speed-lightgcn-1m-gpu 70 "$PY" -m tokenrec.bench.gnn_speed --synthetic 60000 25000 1000000 --epochs 3 \
     --set train.device=cuda --name speed-lightgcn-1m-gpu
 keep docs/benchmarks/speed-lightgcn-1m-gpu.json
 
-step quality-ml100k-gpu "$QUALITY_LIMIT" "$PY" -m tokenrec.bench.quality --dataset ml100k --profile bench-cpu \
+wanted quality && step quality-ml100k-gpu "$QUALITY_LIMIT" "$PY" -m tokenrec.bench.quality --profile bench-cpu \
     --snapshot "$SNAPSHOT" --run-dir "$RUN" --skip gnn tokenizer --name quality-ml100k-gpu \
-    --set train.device=cuda --set "llm.backbone=$MINILM" --set llm.samples_per_user=0 \
+    --set source.dataset=ml100k --set train.device=cuda --set "llm.backbone=$MINILM" --set llm.samples_per_user=0 \
     --set "llm.max_epochs=$LLM_EPOCHS" --set llm.batch_size=64 --set llm.eval_batch_size=1024 \
     --set "eval.baselines=[mostpop,lightgcn,tokenrec,tokenrec_id_only,tokenrec_unseen_prompt]"
 keep docs/benchmarks/quality-ml100k-gpu.json "$RUN/llm/history.json"

@@ -147,7 +147,7 @@ class Recommender:
         for history in histories:
             rows = self.item_row[np.asarray(history, dtype=np.int64)]
             exclude.append(rows[rows >= 0])
-        scores, rows = self.index.search(z, k, exclude=exclude)  # (U, k) each
+        scores, rows = self.index.search(z, k, exclude=exclude, device=self.scorer.search_device)  # (U, k) each
         items = np.where(rows >= 0, self.index_items[np.maximum(rows, 0)], -1)
         return scores, items
 

@@ -119,6 +119,8 @@ class TokenRecScorer:
         self.progress = progress
         self.index = ItemIndex.build(np.asarray(item_vectors, dtype=np.float32), retrieval)
         self.encoder = PromptEncoder(model.backbone.tokenizer, history_style)
+        # on a GPU the exact search runs there too (faiss's CPU post-processing would bound throughput)
+        self.search_device = self.device if self.device.type != "cpu" else None
 
     def prompts(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> list[str]:
         """The prompt strings of ``users`` (for people; scoring assembles token ids directly)."""
@@ -171,7 +173,7 @@ class TokenRecScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per user, each ``(U, k)``, never one of the user's ``exclude`` items."""
         z = self.embed(users, sequences, variant)
-        return self.index.search(z, k, exclude=exclude)
+        return self.index.search(z, k, exclude=exclude, device=self.search_device)
 
     # ------------------------------------------------------------------------------------- from a run
 

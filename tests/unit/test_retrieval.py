@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tokenrec.config import RetrievalConfig
 from tokenrec.retrieval import ItemIndex, normalize_rows
@@ -176,3 +177,17 @@ def test_a_tie_group_larger_than_the_fetch_is_searched_again():
         _, ids = index.search(queries[:1], k)
         assert ids[0].tolist()[: min(k, 11)] == copies[: min(k, 11)]
         np.testing.assert_array_equal(ids, brute_force_topk(items, queries[:1], k, [np.zeros(0, int)])[1])
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 20, 700])
+def test_brute_force_on_a_torch_device_equals_the_faiss_path(k):
+    """The GPU path (run here on the CPU device): same ids, same scores, same tie order, same padding."""
+    items, queries, seen = tied_catalog()
+    index = ItemIndex.build(items, RetrievalConfig(batch_size=16))
+    scores, ids = index.search(queries, k, exclude=seen, device=torch.device("cpu"))
+    ref_scores, ref_ids = index.search(queries, k, exclude=seen)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+    np.testing.assert_array_equal(ids, brute_force_topk(items, queries, k, seen)[1])
+    _, no_exclusion = index.search(queries, k, device=torch.device("cpu"))
+    np.testing.assert_array_equal(no_exclusion, index.search(queries, k)[1])
