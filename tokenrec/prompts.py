@@ -184,18 +184,20 @@ def select_rows(
     rows: np.ndarray | slice,
     pad_to_multiple_of: int | None = None,
     padding_side: str = "right",
+    longest: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Rows of an encoded batch, cropped to their own longest prompt (dynamic padding for a sub-batch).
 
     Args:
         encoded: ``{"input_ids": (B, T), "attention_mask": (B, T)}`` as :meth:`PromptEncoder.encode` returns.
-        rows: the rows to keep.
+        rows: the rows to keep (a numpy array, a slice, or an index tensor on the tensors' device).
         pad_to_multiple_of: optionally round the kept width up (e.g. 8 for tensor cores on a GPU).
         padding_side: ``right`` or ``left``, as the tokenizer pads.
+        longest: the kept rows' longest prompt when the caller knows it (no device synchronisation here).
     """
     index = torch.as_tensor(rows) if isinstance(rows, np.ndarray) else rows
     ids, mask = encoded["input_ids"][index], encoded["attention_mask"][index]
-    width = int(mask.sum(dim=1).max()) if len(mask) else 0
+    width = longest if longest is not None else (int(mask.sum(dim=1).max()) if len(mask) else 0)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     width = min(width, ids.shape[1])

@@ -143,19 +143,23 @@ class TokenRecScorer:
         self.model.eval()
         shown = None if variant == "id_only" else histories
         encoded = self.encoder.encode(user_codes, shown, PROMPT_MODE[variant], None, self.model.backbone.max_length)
-        order = np.argsort(encoded["attention_mask"].sum(dim=1).numpy(), kind="stable")
-        out = np.zeros((len(order), self.model.out_dim), dtype=np.float32)
+        lengths = encoded["attention_mask"].sum(dim=1).numpy()  # (U,)
+        order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
+        # everything on the device up front: the loop below never waits for the GPU, which keeps it busy
+        encoded = {k: v.to(self.device) for k, v in encoded.items()}
+        order_on_device = torch.as_tensor(order, device=self.device)
+        out = torch.zeros((len(order), self.model.out_dim), dtype=torch.float32, device=self.device)
         multiple = 8 if self.device.type == "cuda" else None
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc="llm4rec", unit="batch", disable=not self.progress, leave=False):
-            rows = order[start : start + self.batch_size]
-            batch = select_rows(encoded, rows, multiple, self.encoder.padding_side)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            rows = order_on_device[start : start + self.batch_size]
+            longest = int(lengths[order[start : start + self.batch_size]].max())
+            batch = select_rows(encoded, rows, multiple, self.encoder.padding_side, longest)
             with autocast(self.device, self.amp_dtype):
                 z = self.model(batch["input_ids"], batch["attention_mask"])  # (B, d)
-            out[rows] = z.float().cpu().numpy()
+            out[rows] = z.float()
         self.model.train(was_training)
-        return out
+        return out.cpu().numpy()
 
     def embed(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> np.ndarray:
         """Preference vectors ``(U, d)`` of ``users``."""

@@ -172,6 +172,30 @@ def test_train_gnn_keeps_the_seed_best_on_validation(walks_snapshot: Path, tmp_p
     assert single["valid"] == metrics["valid"] and single["test"] == metrics["test"]
 
 
+def test_a_rerun_with_other_settings_trains_afresh_and_one_with_more_epochs_continues(
+    walks_snapshot: Path, tmp_path: Path
+) -> None:
+    base = ["train.progress=false", "gnn.dim=16", "gnn.eval_every=1", "gnn.lr=0.01", "gnn.sampling=edge"]
+    run_dir = tmp_path / "run"
+    train_gnn.run(load_config(overrides=[*base, "gnn.max_epochs=2"]), walks_snapshot, run_dir)
+    history = lambda: json.loads((run_dir / "gnn" / "history.json").read_text())  # noqa: E731
+    assert len(history()) == 2
+    # more epochs, same trajectory: resumes after epoch 2 (max_epochs does not change the fingerprint)
+    train_gnn.run(load_config(overrides=[*base, "gnn.max_epochs=3"]), walks_snapshot, run_dir)
+    assert [h["epoch"] for h in history()] == [1, 2, 3]
+    folders = list((run_dir / "gnn" / "checkpoints").iterdir())
+    # another sampler is another model: never resumed from the edge-sampled checkpoints, which are removed
+    train_gnn.run(load_config(overrides=[*base, "gnn.max_epochs=3", "gnn.sampling=user"]), walks_snapshot, run_dir)
+    assert [h["epoch"] for h in history()] == [1, 2, 3]
+    now = list((run_dir / "gnn" / "checkpoints").iterdir())
+    assert len(folders) == len(now) == 1 and folders[0] != now[0]
+    clean = tmp_path / "clean"
+    train_gnn.run(load_config(overrides=[*base, "gnn.max_epochs=3", "gnn.sampling=user"]), walks_snapshot, clean)
+    assert json.loads((clean / "gnn" / "metrics.json").read_text())["valid"] == json.loads(
+        (run_dir / "gnn" / "metrics.json").read_text()
+    )["valid"]
+
+
 def test_unknown_model_names_are_rejected(walks_snapshot: Path, tmp_path: Path) -> None:
     cfg = load_config(overrides=["eval.baselines=[mostpop, nope]"])
     with pytest.raises(ConfigError, match="nope"):

@@ -71,12 +71,12 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     process = start(snapshot, run_dir)
     checkpoints = run_dir / "gnn" / "checkpoints"
     deadline = time.monotonic() + 240
-    while not any(checkpoints.glob("step-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+    while not any(checkpoints.glob("*/step-*.pt")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL, "the training finished before it could be killed"
-    killed_at = sorted(checkpoints.glob("step-*.pt"))
+    killed_at = sorted(checkpoints.glob("*/step-*.pt"))  # checkpoints/<fingerprint>/step-*.pt
     assert killed_at and not (run_dir / "gnn" / "embeddings.safetensors").exists()
 
     log = finish(start(snapshot, run_dir))

@@ -120,6 +120,24 @@ def _probe(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _validation_trajectory(doc: dict[str, Any]) -> list[str]:
+    res = doc["results"]
+    lines = [f"### TokenRec trained longer, validation only: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines += [res["what"] + ".", "", "Settings: `" + json.dumps(res["settings"]) + "`", ""]
+    lines += ["| epoch | train samples/s | valid HR@20 | valid NDCG@20 |", "|---|---|---|---|"]
+    for h in res["validation_per_epoch"]:
+        lines.append(f"| {h['epoch']} | {h['samples_per_second']:.0f} | {h['valid']['HR@20']:.4f} | {h['valid']['NDCG@20']:.4f} |")
+    refs = res.get("reference_validation_same_split", {})
+    for name, m in refs.items():
+        if isinstance(m, dict):
+            lines.append(f"| {name} (reference) | - | {m['HR@20']:.4f} | {m['NDCG@20']:.4f} |")
+    if refs.get("source"):
+        lines += ["", f"References: {refs['source']}."]
+    if res.get("test") is None:
+        lines += ["", f"Test: not measured ({res.get('test_not_measured', 'see the file')})."]
+    return lines + [""]
+
+
 def _generic(name: str, doc: dict[str, Any]) -> list[str]:
     return [f"### {name}", "", _provenance(doc), "", "```json", json.dumps(doc["results"], indent=2), "```", ""]
 
@@ -144,6 +162,8 @@ def render() -> str:
             out += _sweep(doc)
         elif path.stem.startswith("probe-tokenrec-scoring-"):
             out += _probe(doc)
+        elif "validation_per_epoch" in doc["results"]:
+            out += _validation_trajectory(doc)
         elif path.stem.startswith("quality-") or "protocol" in doc["results"]:
             out += _quality(doc, path.stem)
         else:

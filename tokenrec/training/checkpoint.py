@@ -5,22 +5,66 @@ leaves either the previous set of complete files or a stray ``.tmp`` that is ign
 ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts only, nothing unpickled.
 Resume walks the checkpoints newest first and takes the first that loads, so even a file damaged by something
 else (a full disk, a copy) costs one checkpoint, not the run.
+
+Checkpoints resume only the run that wrote them: each trainer keeps them in ``checkpoints/<fingerprint>``,
+a digest of its settings, seed and data (:func:`fingerprint`); a run with other settings or data starts fresh
+and removes the stale folder (:func:`run_folder`), instead of silently continuing a different model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
+import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+# settings that do not change a training trajectory: a finished run can be continued for more epochs
+RESUME_NEUTRAL = frozenset(
+    {"max_epochs", "patience", "eval_batch_size", "threads", "seeds", "output", "checkpoint_steps",
+     "report_variants", "cache_dir"}
+)  # fmt: skip
+
+
+def fingerprint(settings: Any, seed: int, arrays: Sequence[np.ndarray] = (), extra: Any = None) -> str:
+    """16 hex digits naming a training run: its settings (a dataclass), seed, ``extra`` and data ``arrays``.
+
+    Fields in :data:`RESUME_NEUTRAL` are left out; everything else that shapes the trajectory is in.
+    """
+    fields = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(vars(settings))
+    values = {k: v for k, v in fields.items() if k not in RESUME_NEUTRAL}
+    digest = hashlib.sha256(json.dumps([values, seed, extra], sort_keys=True, default=str).encode())
+    for array in arrays:
+        digest.update(str(np.shape(array)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_folder(root: str | os.PathLike[str], key: str, remove_others: bool = True) -> Path:
+    """``root/key``, the checkpoint folder of run ``key``; other runs' folders and loose checkpoints in
+    ``root`` are stale (the settings or the data changed) and are removed unless ``remove_others`` is False."""
+    root = Path(root)
+    folder = root / key
+    if remove_others and root.is_dir():
+        for stale in root.iterdir():
+            if stale.is_dir() and stale != folder:
+                log.info("removing checkpoints of a different run: %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            elif stale.is_file() and (_NAME.match(stale.name) or stale.name.startswith(".step-")):
+                stale.unlink(missing_ok=True)  # the layout before fingerprints
+    return folder
 
 
 class CheckpointManager:

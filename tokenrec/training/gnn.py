@@ -32,6 +32,7 @@ from torch import nn
 from tokenrec.config import TrainConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation import EmbeddingRanker, evaluate_split
+from tokenrec.training.checkpoint import fingerprint
 from tokenrec.training.device import cpu_threads, pick_device, seed_everything
 from tokenrec.training.loop import SELECT_METRIC, TrainResult, fit, torch_threads
 
@@ -153,7 +154,8 @@ def train_bpr(
         ranker = EmbeddingRanker(*model.propagate())
         return evaluate_split(data, ranker, data.VALID, ks, settings.eval_batch_size)
 
-    return fit(model, optimizer, run_epoch, validate, settings, train, out_dir, name)
+    key = fingerprint(settings, train.seed, (data.users, data.items, data.splits), [name, type(model).__name__])
+    return fit(model, optimizer, run_epoch, validate, settings, train, out_dir, name, key)
 
 
 def run_bpr_epoch(

@@ -29,12 +29,8 @@ DDP, validation users are split across ranks, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import io
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +48,7 @@ from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
 from tokenrec.prompts import PromptEncoder, build_prompts, select_rows
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
 from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
-from tokenrec.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
 from tokenrec.training.device import autocast_dtype
 from tokenrec.training.gnn import NegativeSampler
 from tokenrec.training.loop import SELECT_METRIC
@@ -400,25 +396,8 @@ def checkpoint_folder(
     Settings that do not change the training trajectory (epoch limit, patience, evaluation batch...) are left
     out, so a finished run can be continued for more epochs. Rank 0 removes other fingerprints' folders.
     """
-    ignored = {
-        "max_epochs",
-        "patience",
-        "eval_batch_size",
-        "checkpoint_steps",
-        "report_variants",
-        "cache_dir",
-    }
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
-    digest = hashlib.sha256(json.dumps([settings, seed, ranks.world], sort_keys=True).encode())
-    for array in (data.users, data.items, data.splits, *(tables[k] for k in sorted(tables))):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    folder = root / digest.hexdigest()[:16]
-    if ranks.main and root.is_dir():
-        for stale in root.iterdir():
-            if stale.is_dir() and stale != folder:
-                log.info("removing checkpoints of a different LLM4Rec run: %s", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-    return folder
+    arrays = (data.users, data.items, data.splits, *(tables[k] for k in sorted(tables)))
+    return run_folder(root, fingerprint(cfg, seed, arrays, ranks.world), remove_others=ranks.main)
 
 
 def _best_path(folder: Path, epoch: int) -> Path:

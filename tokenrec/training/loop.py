@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tokenrec.config import TrainConfig
 from tokenrec.storage import atomic_write_json
-from tokenrec.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from tokenrec.training.checkpoint import CheckpointManager, rng_state, run_folder, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def fit(
     train: TrainConfig,
     out_dir: Path | None = None,
     name: str = "model",
+    run_key: str = "",
 ) -> TrainResult:
     """Train until ``max_epochs`` or early stop; leave the best validation weights in ``model``.
 
@@ -71,6 +72,8 @@ def fit(
         train: checkpoint interval and progress bar switch.
         out_dir: folder for ``history.json`` and ``checkpoints/``; None keeps everything in memory.
         name: label for logs and the progress bar.
+        run_key: the run's :func:`tokenrec.training.checkpoint.fingerprint`: only checkpoints written under
+            the same key are resumed (``out_dir/checkpoints/<run_key>``); others are removed.
     """
     state: dict[str, Any] = {
         "epoch": 0,
@@ -80,7 +83,7 @@ def fit(
         "history": [],
     }
     best_weights: dict[str, torch.Tensor] = {}
-    manager = CheckpointManager(out_dir / "checkpoints") if out_dir is not None else None
+    manager = CheckpointManager(run_folder(out_dir / "checkpoints", run_key)) if out_dir is not None else None
     device = next(model.parameters()).device
     if manager is not None and (found := manager.load_latest(map_location=device)) is not None:
         _, saved = found

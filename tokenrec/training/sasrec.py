@@ -21,6 +21,7 @@ from tokenrec.config import SasRecConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation import evaluate_split
 from tokenrec.models.sasrec import PAD, SASRec
+from tokenrec.training.checkpoint import fingerprint
 from tokenrec.training.device import pick_device, seed_everything
 from tokenrec.training.loop import TrainResult, fit, torch_threads
 
@@ -123,4 +124,5 @@ def train_sasrec(
     def validate() -> dict[str, float]:
         return evaluate_split(data, ranker, data.VALID, ks, settings.eval_batch_size)
 
-    return fit(model, optimizer, run_epoch, validate, settings, train, out_dir, name)
+    key = fingerprint(settings, train.seed, (data.users, data.items, data.splits), name)
+    return fit(model, optimizer, run_epoch, validate, settings, train, out_dir, name, key)

@@ -15,13 +15,9 @@ afresh instead of resuming a different run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +30,7 @@ from tqdm.auto import tqdm
 
 from tokenrec.config import TokenizerConfig, TrainConfig
 from tokenrec.models.quantizer import Tokenizer, build_tokenizer, code_stats, perplexity
-from tokenrec.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
 from tokenrec.training.device import pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -236,17 +232,7 @@ def _checkpoint_folder(root: Path, embeddings: Tensor, cfg: TokenizerConfig, see
 
     Folders of other fingerprints under ``root`` are stale (the GNN or the config changed) and are removed.
     """
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"tokenizer": dataclasses.asdict(cfg), "seed": seed}, sort_keys=True).encode())
-    digest.update(str(tuple(embeddings.shape)).encode())
-    digest.update(embeddings.detach().float().cpu().contiguous().numpy().tobytes())
-    folder = root / digest.hexdigest()[:16]
-    if root.is_dir():
-        for stale in root.iterdir():
-            if stale.is_dir() and stale != folder:
-                log.info("removing checkpoints of a different tokenizer run: %s", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-    return folder
+    return run_folder(root, fingerprint(cfg, seed, [embeddings.detach().float().cpu().numpy()], "tokenizer"))
 
 
 def checkpoint_dir_for(folder: str | os.PathLike[str], name: str) -> Path:
