@@ -115,12 +115,7 @@ def build_prompts(
     Returns:
         ``B`` prompt strings.
     """
-    if mode not in PROMPT_MODES:
-        raise ConfigError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, got {mode!r}")
-    if mode == "train" and rng is None:
-        raise ValueError("build_prompts(mode='train') needs rng, a numpy Generator, to draw templates")
-    if histories is not None and len(histories) != len(user_codes):
-        raise ValueError(f"{len(user_codes)} users but {len(histories)} histories")
+    _check_prompt_arguments(user_codes, histories, mode, rng)
     prompts = []
     for i, codes in enumerate(user_codes):
         user = f"user_{entity_text('user', codes)}"
@@ -131,6 +126,17 @@ def build_prompts(
         else:
             prompts.append(template.format(user=user, history=format_history(history, style)))
     return prompts
+
+
+def _check_prompt_arguments(
+    user_codes: np.ndarray, histories: Sequence[np.ndarray] | None, mode: str, rng: np.random.Generator | None
+) -> None:
+    if mode not in PROMPT_MODES:
+        raise ConfigError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, got {mode!r}")
+    if mode == "train" and rng is None:
+        raise ValueError("prompts in mode 'train' need rng, a numpy Generator, to draw templates")
+    if histories is not None and len(histories) != len(user_codes):
+        raise ValueError(f"{len(user_codes)} users but {len(histories)} histories")
 
 
 def _template(with_history: bool, mode: str, rng: np.random.Generator | None) -> str:
@@ -265,12 +271,7 @@ class PromptEncoder:
         if not self.assembles:
             prompts = build_prompts(user_codes, histories, mode, rng, self.style)
             return tokenize_prompts(self.tokenizer, prompts, max_length)
-        if mode not in PROMPT_MODES:
-            raise ConfigError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, got {mode!r}")
-        if mode == "train" and rng is None:
-            raise ValueError("PromptEncoder.encode(mode='train') needs rng, a numpy Generator, to draw templates")
-        if histories is not None and len(histories) != len(user_codes):
-            raise ValueError(f"{len(user_codes)} users but {len(histories)} histories")
+        _check_prompt_arguments(user_codes, histories, mode, rng)
         lengths = np.zeros(len(user_codes), dtype=np.int64)
         if histories is not None:
             lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(user_codes))
