@@ -16,8 +16,9 @@ score -inf in the remaining slots.
 
 On a GPU (``search(..., device=cuda)``, exact index only) the same top-K is computed by brute force on the
 device: float64 dot products of the same float32 vectors rounded to float32, seen items masked, ordered by
-score then item id. The CPU's faiss path is a bottleneck there (about 12,000 users/s of post-processing on one
-core, against the backbone's tens of thousands); the results are the same, which a test checks on the CPU.
+score then item id. The faiss path's numpy post-processing runs on one CPU core and held a whole H100 pipeline
+to 6,300-9,500 users/s (docs/benchmarks/speed-llm-gpu-cpu-search.json). The results are the same (a test checks
+it on the CPU); only the order in which float64 sums are added differs, which rounding to float32 hides.
 """
 
 from __future__ import annotations
