@@ -69,6 +69,7 @@ class ItemIndex:
             (0, dim), dtype=np.float32
         )  # (n_items, d) as indexed (normalised by default), kept for exact re-scoring
         self.index: faiss.Index | None = None  # created on the first add (IVF trains on those items)
+        self._on_device: tuple[str, torch.Tensor] | None = None  # (device, float64 vectors) for GPU search
 
     @classmethod
     def build(cls, item_vectors: np.ndarray, cfg: RetrievalConfig | None = None) -> ItemIndex:
@@ -97,6 +98,7 @@ class ItemIndex:
         start = len(self)
         self.index.add(x)
         self.vectors = np.concatenate([self.vectors, x])
+        self._on_device = None
         log.info("item index (%s): %d items added, %d in total", self.cfg.index, len(x), len(self))
         return np.arange(start, len(self), dtype=np.int64)
 
@@ -220,7 +222,9 @@ class ItemIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` by brute force on ``device``: every item scored, the same order as :meth:`search`."""
         n_users, n_items = len(q), len(self)
-        items = torch.as_tensor(self.vectors, device=device).double()  # (N, d)
+        if self._on_device is None or self._on_device[0] != str(device):  # copied once, not per call
+            self._on_device = (str(device), torch.as_tensor(self.vectors, device=device).double())
+        items = self._on_device[1]  # (N, d)
         width = min(n_items, k + FETCH_MARGIN)  # candidates sorted per user; more only where the cut ties
         keep = min(k, n_items)
         step = max(1, min(n_users, 2**26 // max(n_items, 1)))  # (B, N) float64 scores: at most 512 MiB
