@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 
 from tokenrec.errors import ConfigError
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")  # 2e-4, 1E3: numbers YAML 1.1 leaves as text
 
 
 def _home() -> str:
@@ -381,6 +384,9 @@ class RetrievalConfig:
     # kinds trade recall for speed on large catalogs
     normalize_items: bool = True  # true: cosine (the paper); false: the unit preference vector . the raw GNN
     # item vector, so item norms (a popularity prior LightGCN learns) rank too; the training loss stays cosine
+    user_token_weight: float = 0.0  # a: the preference vector is the unit LLM4Rec vector plus a times the unit
+    # vector the user tokenizer decodes from the user's own ID tokens (0 = the paper; our addition, measured in
+    # docs/benchmarks/probe-tokenrec-scoring-*.json; new users get theirs from their folded-in tokens)
     topk: int = 20  # recommendations per user in batch inference
     batch_size: int = 1024  # users per search call
     ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items), >= 39 items per list
@@ -396,6 +402,8 @@ class RetrievalConfig:
                 raise ConfigError(f"retrieval.{name} must be >= 1, got {getattr(self, name)}")
         if self.ivf_nlist < 0:
             raise ConfigError(f"retrieval.ivf_nlist must be >= 0 (0 = automatic), got {self.ivf_nlist}")
+        if self.user_token_weight < 0.0:
+            raise ConfigError(f"retrieval.user_token_weight must be >= 0 (0 = off), got {self.user_token_weight}")
 
 
 MODEL_VERSION_POLICIES = ("recorded", "alias")
@@ -677,6 +685,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 2e-4 (no dot) as a string; it is plainly a number here
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -9,6 +9,10 @@ Prompt variants (PAPER.md sections 2 and 5):
     ``id_only``        the user-ID-only prompt;
     ``unseen_prompt``  the history prompt in a wording that training never used.
 
+Scoring: the top-K items by cosine similarity to the projected vector (the paper). Two options of ours, off by
+default: ``retrieval.normalize_items: false`` lets the item norms rank too, and ``retrieval.user_token_weight``
+adds the user's vector decoded from its own ID tokens by the user tokenizer to the (unit) LLM4Rec vector.
+
 Speed: prompts are assembled as token ids (:class:`tokenrec.prompts.PromptEncoder`, the same ids as
 tokenizing the prompt strings), sorted by length before batching, so a batch pads to nearly its own length
 (dynamic padding, never to a fixed 512); the forward passes run under ``inference_mode``.
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from tqdm.auto import tqdm
 
@@ -36,6 +41,7 @@ from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError
 from tokenrec.evaluation import SeenItems, evaluate_split
 from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.models.quantizer import Tokenizer
 from tokenrec.prompts import PromptEncoder, build_prompts, history_codes, select_rows
 from tokenrec.retrieval import ItemIndex
 from tokenrec.storage import read_json
@@ -90,6 +96,8 @@ class TokenRecScorer:
         retrieval: index settings (exact ``flat`` by default).
         amp_dtype: optional autocast dtype for the forward passes (bf16 on a GPU).
         progress: show progress bars.
+        user_decoder: the trained user tokenizer; required when ``retrieval.user_token_weight`` > 0, whose
+            decoded user vectors ``(U, d)`` are then added to the LLM4Rec vectors.
     """
 
     def __init__(
@@ -105,9 +113,13 @@ class TokenRecScorer:
         retrieval: RetrievalConfig | None = None,
         amp_dtype: torch.dtype | None = None,
         progress: bool = False,
+        user_decoder: Tokenizer | None = None,
     ) -> None:
         if len(item_codes) != len(item_vectors):
             raise ValueError(f"{len(item_codes)} item token rows but {len(item_vectors)} item vectors")
+        self.user_token_weight = retrieval.user_token_weight if retrieval is not None else 0.0
+        if self.user_token_weight and user_decoder is None:
+            raise ValueError("retrieval.user_token_weight > 0 needs the user tokenizer (user_decoder)")
         self.model = model
         self.device = device or next(model.parameters()).device
         self.user_codes = np.asarray(user_codes)
@@ -118,6 +130,7 @@ class TokenRecScorer:
         self.amp_dtype = amp_dtype
         self.progress = progress
         self.index = ItemIndex.build(np.asarray(item_vectors, dtype=np.float32), retrieval)
+        self.user_decoder = user_decoder.to(self.device).eval() if self.user_token_weight else None
         self.encoder = PromptEncoder(model.backbone.tokenizer, history_style)
         # on a GPU the exact search runs there too (faiss's CPU post-processing would bound throughput)
         self.search_device = self.device if self.device.type != "cpu" else None
@@ -159,6 +172,11 @@ class TokenRecScorer:
                 z = self.model(batch["input_ids"], batch["attention_mask"])  # (B, d)
             out[rows] = z.float()
         self.model.train(was_training)
+        if self.user_decoder is not None:  # unit LLM4Rec vector + a * unit decoded user vector
+            levels = self.user_decoder.num_levels  # a disambiguation column after them is not the tokenizer's
+            codes = torch.as_tensor(np.asarray(user_codes)[:, :levels], dtype=torch.long, device=self.device)
+            decoded = self.user_decoder.decode_codes(codes).float()  # (U, d)
+            out = F.normalize(out, dim=-1) + self.user_token_weight * F.normalize(decoded, dim=-1)
         return out.cpu().numpy()
 
     def embed(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> np.ndarray:
@@ -208,6 +226,11 @@ class TokenRecScorer:
         manifest = read_json(manifest_path)
         device = device or pick_device(cfg.train.device)
         found = {**load_run_tables(run_dir, manifest["item_vectors"]), **(tables or {})}
+        user_decoder = None
+        if cfg.retrieval.user_token_weight:
+            from tokenrec.tasks.train_tokenizer import load_tokenizer
+
+            user_decoder = load_tokenizer(run_dir / "tokenizer", "user")
         backbone_cfg = LlmConfig(backbone=str(folder / BACKBONE_DIR), dtype=cfg.llm.dtype)
         backbone = load_backbone(backbone_cfg, folder)
         add_id_tokens(backbone, manifest["levels"], manifest["codebook_size"])  # already present: no change
@@ -226,6 +249,7 @@ class TokenRecScorer:
             cfg.retrieval,
             autocast_dtype(device, cfg.llm.precision),
             cfg.train.progress,
+            user_decoder,
         )
 
 

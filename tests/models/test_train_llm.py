@@ -19,8 +19,8 @@ from tokenrec.evaluation import evaluate_valid_test
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
 from tokenrec.prompts import entity_text
 from tokenrec.retrieval import normalize_rows
+from tokenrec.tasks import evaluate, train_tokenizer
 from tokenrec.tasks import train_llm as stage
-from tokenrec.tasks import train_tokenizer
 from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, load_run_tables
 from tokenrec.training.llm import TrainingSamples, prompts_for, train_llm
@@ -190,6 +190,33 @@ def test_scorer_topk_equals_a_brute_force_cosine_topk_with_seen_items_excluded(p
     assert tied and all(row.index(7) == row.index(3) + 1 for row in tied)  # equal scores: lower index first
 
 
+def test_user_token_weight_adds_the_decoded_user_vector_to_the_unit_llm_vector(prepared):
+    _, run_dir, data = prepared
+    cfg = load_config(overrides=[*SETTINGS, "retrieval.user_token_weight=0.5", "retrieval.normalize_items=false"])
+    model, _ = fresh_model(cfg)
+    tables = tables_of(run_dir)
+    decoder = load_tokenizer(run_dir / "tokenizer", "user")
+    plain = TokenRecScorer(model, tables["user_codes"], tables["item_codes"], tables["item_vectors"], 5)
+    mixed = TokenRecScorer(
+        model, tables["user_codes"], tables["item_codes"], tables["item_vectors"], 5,
+        retrieval=cfg.retrieval, user_decoder=decoder,
+    )  # fmt: skip
+    users = np.arange(0, N_USERS, 5)
+    sequences = data.sequences_before(data.TEST)
+    with torch.no_grad():
+        decoded = decoder.decode_codes(torch.as_tensor(tables["user_codes"][users])).numpy()
+    expected = normalize_rows(plain.embed(users, sequences)) + 0.5 * normalize_rows(decoded)
+    np.testing.assert_allclose(mixed.embed(users, sequences), expected, rtol=1e-5, atol=1e-6)
+    # raw items: the unit query against the un-normalised item vectors
+    scores, ids = mixed.recommend(users, sequences, k=5)
+    raw = normalize_rows(expected) @ tables["item_vectors"].T  # (U, n_items)
+    np.testing.assert_allclose(scores, np.take_along_axis(raw, ids, axis=1), rtol=1e-5, atol=1e-6)
+    assert (ids[:, 0] == raw.argmax(axis=1)).all()
+    with pytest.raises(ValueError, match="needs the user tokenizer"):
+        TokenRecScorer(model, tables["user_codes"], tables["item_codes"], tables["item_vectors"], 5,
+                       retrieval=cfg.retrieval)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------- stage
 
 
@@ -218,6 +245,25 @@ def test_stage_learns_writes_the_run_folder_and_the_saved_model_scores_like_the_
     for variant in ("id_only", "unseen_prompt"):
         other = evaluate_valid_test(data, TokenRecRanker(scorer, data, variant), [10], 64)
         assert 0.0 <= other["test"]["HR@10"] <= 1.0
+
+
+@pytest.mark.slow
+def test_validation_and_evaluation_score_with_the_user_token_vector_when_asked(prepared, tmp_path):
+    snapshot, run_dir, data = prepared
+    run = tmp_path / "run"
+    run.mkdir()
+    for part in ("gnn", "tokenizer"):
+        (run / part).symlink_to(run_dir / part)
+    cfg = load_config(overrides=[*SETTINGS, "llm.max_epochs=1", "retrieval.user_token_weight=1"])
+    stage.run(cfg, snapshot, run)
+    metrics = json.loads((run / "llm" / "metrics.json").read_text())
+    history = json.loads((run / "llm" / "history.json").read_text())
+    assert metrics["tokenrec"]["valid"] == pytest.approx(history[0]["valid"])  # selection scored the same way
+    again = evaluate_valid_test(data, TokenRecRanker(TokenRecScorer.from_run(run, cfg), data), cfg.eval.ks, 64)
+    assert again["test"] == pytest.approx(metrics["tokenrec"]["test"], abs=1e-9)
+    paper = evaluate.REGISTRY["tokenrec_paper_scoring"](cfg, data, run)
+    assert paper.scorer.user_token_weight == 0.0 and paper.scorer.index.cfg.normalize_items
+    assert evaluate_valid_test(data, paper, cfg.eval.ks, 64)["test"] != again["test"]
 
 
 def test_stage_rejects_a_token_table_of_another_snapshot(prepared, tmp_path):

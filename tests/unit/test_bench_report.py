@@ -44,3 +44,20 @@ def test_each_result_kind_is_rendered_with_its_provenance(tmp_path, monkeypatch)
     assert "### speed-etl" in page and '"rows": 5' in page
     assert "| lightgcn | unseen | 0.1500 | 0.0600 | 0.1400 | 0.0590 |" in page
     assert page.count("at commit `abc1234` on AMD EPYC, 2 cores, no GPU") == 5
+
+
+def test_sweep_rows_name_the_lightgcn_run_they_were_trained_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    old = {"name": "negatives-1", "overrides": ["llm.num_negatives=1"], "epochs": 1,
+           "valid": metrics(0.25, 0.098), "test": metrics(0.18, 0.064), "samples_per_second": 3.5}
+    new = {**old, "name": "lr-2e-4", "overrides": ["llm.lr=2e-4"], "valid": metrics(0.27, 0.11),
+           "gnn": {"run": "var/bench/ml100k/runs/gnn1", "valid": metrics(0.268, 0.1085)}}
+    write(tmp_path, "sweep-tokenrec-ml100k", {"dataset": "ml100k", "note": "Selected on validation NDCG@20: lr-2e-4.",
+                                              "notes": ["rows before the user-sampled LightGCN"], "runs": [old, new]})
+
+    page = report.render()
+
+    assert "### TokenRec configurations tried: ml100k" in page
+    assert "- rows before the user-sampled LightGCN" in page
+    assert "| negatives-1 | `llm.num_negatives=1` | - | 1 | 0.2500 | 0.0980 | 0.1800 | 0.0640 | 3.5 |" in page
+    assert "| lr-2e-4 | `llm.lr=2e-4` | gnn1 (0.1085) | 1 | 0.2700 | 0.1100 | 0.1800 | 0.0640 | 3.5 |" in page

@@ -63,6 +63,17 @@ def test_null_and_numbers_are_coerced():
     assert load_config(overrides=["source.delimiter=;"]).source.delimiter == ";"
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads ``2e-4`` as text; in a number field it is the number (from --set and from a file)."""
+    assert load_config(overrides=["llm.lr=2e-4"]).llm.lr == 2e-4
+    assert load_config(overrides=["llm.head_lr=+1E-3"]).llm.head_lr == 1e-3
+    path = tmp_path / "lr.yaml"
+    path.write_text("llm:\n  lr: 5e-5\n")
+    assert load_config(path).llm.lr == 5e-5
+    with pytest.raises(ConfigError, match="llm.lr must be a number, got 'e-4'"):
+        load_config(overrides=["llm.lr=e-4"])
+
+
 def test_missing_or_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

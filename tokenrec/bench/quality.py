@@ -29,7 +29,7 @@ from tokenrec.storage import read_json
 from tokenrec.tasks import evaluate, train_gnn, train_llm, train_tokenizer
 
 STAGES = {"gnn": train_gnn, "tokenizer": train_tokenizer, "llm": train_llm, "evaluate": evaluate}
-TOKENREC_MODELS = ("tokenrec", "tokenrec_id_only", "tokenrec_unseen_prompt")
+TOKENREC_MODELS = ("tokenrec", "tokenrec_id_only", "tokenrec_unseen_prompt", "tokenrec_paper_scoring")
 
 
 def main(argv: list[str] | None = None) -> None:

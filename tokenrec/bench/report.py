@@ -7,6 +7,7 @@ the docs always says how it was measured.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from tokenrec.bench.machine import REPO, RESULTS
@@ -97,21 +98,25 @@ def _unseen(doc: dict[str, Any]) -> list[str]:
 def _sweep(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     lines = [f"### TokenRec configurations tried: {res.get('dataset', '?')}", "", _provenance(doc), ""]
-    lines += [res.get("note", ""), "", "| config | overrides | epochs | valid HR@20 | valid NDCG@20 | test HR@20 | "
-              "test NDCG@20 | train samples/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [res.get("note", ""), ""] + [f"- {note}" for note in res.get("notes", [])] + [""]
+    lines += ["| config | overrides | LightGCN run (valid NDCG@20) | epochs | valid HR@20 | valid NDCG@20 | "
+              "test HR@20 | test NDCG@20 | train samples/s |", "|---|---|---|---|---|---|---|---|---|"]
     for run in res["runs"]:
         v, t = run["valid"], run.get("test", {})
+        gnn = run.get("gnn", {})
+        gnn_cell = f"{Path(gnn['run']).name} ({gnn.get('valid', {}).get('NDCG@20', float('nan')):.4f})" if gnn else "-"
         lines.append(
-            f"| {run['name']} | `{' '.join(run['overrides'])}` | {run.get('epochs', '-')} | {v['HR@20']:.4f} | "
-            f"{v['NDCG@20']:.4f} | {t.get('HR@20', float('nan')):.4f} | {t.get('NDCG@20', float('nan')):.4f} | "
-            f"{run.get('samples_per_second', float('nan')):.1f} |"
+            f"| {run['name']} | `{' '.join(run['overrides'])}` | {gnn_cell} | {run.get('epochs', '-')} | "
+            f"{v['HR@20']:.4f} | {v['NDCG@20']:.4f} | {t.get('HR@20', float('nan')):.4f} | "
+            f"{t.get('NDCG@20', float('nan')):.4f} | {run.get('samples_per_second', float('nan')):.1f} |"
         )
     return lines + [""]
 
 
 def _probe(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
-    lines = [f"### Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    run = f" ({Path(res['run_dir']).name})" if res.get("run_dir") else ""
+    lines = [f"### Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}{run}", "", _provenance(doc), ""]
     lines += ["Diagnostic (tokenrec/bench/scoring_probe.py): one run's vectors scored several ways, nothing retrained.", ""]
     lines += ["| scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|"]
     for name, m in res.items():

@@ -13,6 +13,8 @@ item excluded (the evaluation protocol of :mod:`tokenrec.evaluation`):
   items: what the user-ID tokens alone carry, before any LLM;
 * ``tokenrec``: LLM4Rec's vector (history prompt) against normalised items, as the pipeline ranks;
 * ``tokenrec_raw_items``: LLM4Rec's vector against the raw item vectors (item norms act as a popularity prior);
+* ``tokenrec_history_one_stale``: LLM4Rec's vector from a history without its most recent item (the target's
+  predecessor), to see how much of the score comes from the last item before the target;
 * ``tokenrec_plus_user_tokens_a``: the normalised LLM4Rec vector plus ``a`` times the normalised decoded user
   vector, against normalised and raw items.
 
@@ -53,13 +55,16 @@ def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     users = np.arange(data.n_users)
     results: dict[str, dict[str, Any]] = {}
     for split, split_name in ((data.VALID, "valid"), (data.TEST, "test")):
-        llm = F.normalize(torch.from_numpy(scorer.embed(users, data.sequences_before(split))), dim=-1)
+        sequences = data.sequences_before(split)
+        llm = F.normalize(torch.from_numpy(scorer.embed(users, sequences)), dim=-1)
+        stale = F.normalize(torch.from_numpy(scorer.embed(users, [s[:-1] for s in sequences])), dim=-1)
         variants = {
             "lightgcn": (user, item),
             "lightgcn_cosine": (user, item_unit),
             "user_tokens": (decoded, item_unit),
             "tokenrec": (llm, item_unit),
             "tokenrec_raw_items": (llm, item),
+            "tokenrec_history_one_stale": (stale, item_unit),
         }
         for a in MIX_WEIGHTS:
             variants[f"tokenrec_plus_user_tokens_{a:g}"] = (llm + a * decoded, item_unit)
@@ -72,12 +77,13 @@ def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
+    parser.add_argument("--name", help="result name: docs/benchmarks/<name>.json (default probe-tokenrec-scoring-<dataset>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = build_config(args)
     results = {"dataset": cfg.source.dataset, "run_dir": str(args.run_dir), **probe(cfg, args.snapshot, args.run_dir)}
     command = " ".join(["python -m tokenrec.bench.scoring_probe", *(argv or sys.argv[1:])])
-    write_result(f"probe-tokenrec-scoring-{cfg.source.dataset}", results, command)
+    write_result(args.name or f"probe-tokenrec-scoring-{cfg.source.dataset}", results, command)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,13 @@ def link(target: Path, at: Path) -> None:
     at.symlink_to(target.resolve())
 
 
+def gnn_summary(gnn_run: Path) -> dict[str, Any]:
+    """Which LightGCN a row was trained on: its run folder and validation metrics (rows may differ in it)."""
+    found = gnn_run / "gnn" / "metrics.json"
+    metrics = read_json(found) if found.is_file() else {}
+    return {"run": str(gnn_run), "valid": metrics.get("valid", {})}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         "valid": metrics["tokenrec"]["valid"],
         "test": metrics["tokenrec"]["test"],
         "samples_per_second": sum(h["samples_per_second"] for h in trained) / max(1, len(trained)),
+        "gnn": gnn_summary(args.gnn_run),
         "history": history,
         "command": " ".join(["python -m tokenrec.bench.tokenrec_sweep", *(argv or sys.argv[1:])]),
         "commit": git_commit(),
@@ -81,9 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     runs = [r for r in read_json(path)["results"]["runs"] if r["name"] != row["name"]] if path.is_file() else []
     runs.append(row)
     best = max(runs, key=lambda r: r["valid"]["NDCG@20"])
+    notes = read_json(path)["results"].get("notes", []) if path.is_file() else []  # written by hand
     results = {
         "dataset": metrics["dataset"],
-        "note": f"Selected on validation NDCG@20: {best['name']}. Each row lists its own command, commit and date.",
+        "note": f"Selected on validation NDCG@20: {best['name']}. Each row lists its own command, commit, date "
+        "and the LightGCN run its tokens and retrieval targets come from.",
+        "notes": notes,
         "selected": best["name"],
         "runs": runs,
     }

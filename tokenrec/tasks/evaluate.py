@@ -264,3 +264,12 @@ def _tokenrec(name: str) -> RankerBuilder:
 
 for _name in ("tokenrec", "tokenrec_id_only", "tokenrec_unseen_prompt"):
     register(_name)(_tokenrec(_name))
+
+
+@register("tokenrec_paper_scoring")
+def _tokenrec_paper_scoring(cfg: Config, data: InteractionData, run_dir: Path) -> TopKRanker:
+    """The same trained TokenRec scored as the paper does (cosine, no user-token vector), whatever retrieval says."""
+    from tokenrec.tokenrec_scorer import ranker_for
+
+    paper = dataclasses.replace(cfg.retrieval, normalize_items=True, user_token_weight=0.0)
+    return ranker_for(dataclasses.replace(cfg, retrieval=paper), data, run_dir, name="tokenrec")

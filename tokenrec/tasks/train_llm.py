@@ -36,6 +36,7 @@ from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
 from tokenrec.models.llm4rec import LLM4Rec
 from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
+from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.tokenrec_scorer import (
     BACKBONE_DIR,
     EVAL_MODELS,
@@ -108,7 +109,10 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         2 * levels * size,
         ranks.world,
     )
-    result = train_llm(model, vocab, data, tables, cfg.llm, cfg.train, device, cfg.eval.ks, out, ranks)
+    user_decoder = load_tokenizer(run_dir / "tokenizer", "user") if cfg.retrieval.user_token_weight else None
+    result = train_llm(
+        model, vocab, data, tables, cfg.llm, cfg.train, device, cfg.eval.ks, out, ranks, cfg.retrieval, user_decoder
+    )
 
     scorer = TokenRecScorer(
         model,
@@ -122,6 +126,7 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         cfg.retrieval,
         autocast_dtype(device, cfg.llm.precision),
         cfg.train.progress and ranks.main,
+        user_decoder,
     )
     scores: dict[str, Any] = {}
     for variant in cfg.llm.report_variants:
@@ -193,8 +198,6 @@ def tokenizer_codebooks(run_dir: Path, kind: str, levels: int, size: int, seed: 
     Levels or codes the tokenizer does not have (the disambiguation level) get random codewords with the
     spread of the real ones.
     """
-    from tokenrec.tasks.train_tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(run_dir / "tokenizer", kind)
     every_code = torch.arange(tokenizer.codebook_size).unsqueeze(1).expand(-1, tokenizer.num_levels)  # (L, K)
     books = tokenizer.lookup(every_code).detach().float().transpose(0, 1)  # (K, L, d_c)

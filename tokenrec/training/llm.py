@@ -42,9 +42,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from tokenrec.backbone import IdVocabulary
-from tokenrec.config import LlmConfig, TrainConfig
+from tokenrec.config import LlmConfig, RetrievalConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
+from tokenrec.models.quantizer import Tokenizer
 from tokenrec.prompts import PromptEncoder, build_prompts, select_rows
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
 from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
@@ -147,6 +148,8 @@ def train_llm(
     ks: list[int] | tuple[int, ...] = (10, 20, 30),
     out_dir: Path | None = None,
     ranks: Ranks = Ranks(),
+    retrieval: RetrievalConfig | None = None,
+    user_decoder: Tokenizer | None = None,
 ) -> LlmTrainResult:
     """Fine-tune ``model`` on ``data``'s training prefixes; leave the best validation weights in it.
 
@@ -163,8 +166,11 @@ def train_llm(
         ks: validation cut-offs (NDCG@20 always included: it selects the model).
         out_dir: folder for ``history.json``, ``checkpoints/``; None keeps everything in memory.
         ranks: this process's rank and the world size (DDP must already be initialised when world > 1).
+        retrieval: how validation scores items (default: cosine, as the paper), the same as evaluation's.
+        user_decoder: the user tokenizer, needed when ``retrieval.user_token_weight`` > 0.
     """
-    return _Trainer(model, vocab, data, tables, cfg, train, device, ks, out_dir, ranks).fit()
+    trainer = _Trainer(model, vocab, data, tables, cfg, train, device, ks, out_dir, ranks, retrieval, user_decoder)
+    return trainer.fit()
 
 
 class _Trainer:
@@ -182,6 +188,8 @@ class _Trainer:
         ks: list[int] | tuple[int, ...],
         out_dir: Path | None,
         ranks: Ranks,
+        retrieval: RetrievalConfig | None = None,
+        user_decoder: Tokenizer | None = None,
     ) -> None:
         self.model, self.data, self.tables, self.cfg, self.train = model, data, tables, cfg, train
         self.device, self.ks, self.out_dir, self.ranks = device, sorted(set(ks) | {20}), out_dir, ranks
@@ -217,7 +225,9 @@ class _Trainer:
             history_style=cfg.history_style,
             batch_size=cfg.eval_batch_size,
             device=device,
+            retrieval=retrieval,
             amp_dtype=self.amp,
+            user_decoder=user_decoder,
         )
         self.validator = TokenRecRanker(scorer, data, "id_only" if cfg.id_only_share >= 1.0 else "full")
         self.state: dict[str, Any] = {
@@ -233,7 +243,9 @@ class _Trainer:
         self.best: dict[str, torch.Tensor] = {}
         self.folder = None
         if out_dir is not None:
-            self.folder = checkpoint_folder(out_dir / "checkpoints", cfg, train.seed, data, tables, ranks)
+            self.folder = checkpoint_folder(
+                out_dir / "checkpoints", cfg, train.seed, data, tables, ranks, self.validator.scorer
+            )
         self.manager = CheckpointManager(self.folder) if self.folder is not None else None
         if self.manager is not None and (found := self.manager.load_latest(map_location=device)) is not None:
             saved = found[1]
@@ -389,7 +401,13 @@ class _Trainer:
 
 
 def checkpoint_folder(
-    root: Path, cfg: LlmConfig, seed: int, data: InteractionData, tables: dict[str, np.ndarray], ranks: Ranks
+    root: Path,
+    cfg: LlmConfig,
+    seed: int,
+    data: InteractionData,
+    tables: dict[str, np.ndarray],
+    ranks: Ranks,
+    scorer: TokenRecScorer | None = None,
 ) -> Path:
     """``root/<fingerprint>``: checkpoints resume only a run with the same data, tables, settings and world.
 
@@ -397,7 +415,10 @@ def checkpoint_folder(
     out, so a finished run can be continued for more epochs. Rank 0 removes other fingerprints' folders.
     """
     arrays = (data.users, data.items, data.splits, *(tables[k] for k in sorted(tables)))
-    return run_folder(root, fingerprint(cfg, seed, arrays, ranks.world), remove_others=ranks.main)
+    # how validation scores (it picks the best epoch) is part of the run too
+    scoring = None if scorer is None else [scorer.index.cfg.normalize_items, scorer.user_token_weight]
+    extra = ranks.world if not scoring or scoring == [True, 0.0] else [ranks.world, scoring]
+    return run_folder(root, fingerprint(cfg, seed, arrays, extra), remove_others=ranks.main)
 
 
 def _best_path(folder: Path, epoch: int) -> Path:
