@@ -51,5 +51,5 @@ wanted quality && step quality-ml100k-gpu "$QUALITY_LIMIT" "$PY" -m tokenrec.ben
     --snapshot "$SNAPSHOT" --run-dir "$RUN" --skip gnn tokenizer --name quality-ml100k-gpu \
     --set source.dataset=ml100k --set train.device=cuda --set "llm.backbone=$MINILM" --set llm.samples_per_user=0 \
     --set "llm.max_epochs=$LLM_EPOCHS" --set llm.batch_size=64 --set llm.eval_batch_size=1024 \
-    --set "eval.baselines=[mostpop,lightgcn,tokenrec,tokenrec_id_only,tokenrec_unseen_prompt]"
+    --set "eval.baselines=[mostpop,lightgcn,tokenrec,tokenrec_paper_scoring,tokenrec_id_only,tokenrec_unseen_prompt]"
 keep docs/benchmarks/quality-ml100k-gpu.json "$RUN/llm/history.json"
