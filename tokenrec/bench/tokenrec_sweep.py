@@ -86,15 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     name = f"sweep-tokenrec-{metrics['dataset']}"
     path = RESULTS / f"{name}.json"
-    runs = [r for r in read_json(path)["results"]["runs"] if r["name"] != row["name"]] if path.is_file() else []
+    earlier = read_json(path)["results"] if path.is_file() else {"runs": []}
+    runs = [r for r in earlier["runs"] if r["name"] != row["name"]]
     runs.append(row)
     best = max(runs, key=lambda r: r["valid"]["NDCG@20"])
-    notes = read_json(path)["results"].get("notes", []) if path.is_file() else []  # written by hand
     results = {
         "dataset": metrics["dataset"],
         "note": f"Selected on validation NDCG@20: {best['name']}. Each row lists its own command, commit, date "
         "and the LightGCN run its tokens and retrieval targets come from.",
-        "notes": notes,
+        "notes": earlier.get("notes", []),  # written by hand
         "selected": best["name"],
         "runs": runs,
     }
