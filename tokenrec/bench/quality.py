@@ -12,6 +12,10 @@ seconds per epoch, every seed when ``gnn.seeds`` > 1), the tokenizer statistics 
 perplexity per level, reconstruction error, entities sharing a code tuple), LLM4Rec's training history, the
 seconds of each stage, the config layers used, the command, the commit, the machine and the date.
 ``--set section.key=value`` overrides the config; ``--skip`` reuses stages already in ``--run-dir``.
+
+``--keep-earlier`` keeps the rows of models this run does not evaluate from the result file it replaces (a
+costly baseline need not be retrained to add a row), only when that file has the same data set and protocol;
+``carried_over`` names each kept row's command, commit and date.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from tokenrec.bench.machine import add_run_arguments, write_result
+from tokenrec.bench.machine import RESULTS, add_run_arguments, write_result
 from tokenrec.cli import build_config
 from tokenrec.storage import read_json
 from tokenrec.tasks import evaluate, train_gnn, train_llm, train_tokenizer
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     add_run_arguments(parser)
     parser.add_argument("--name", help="result name: docs/benchmarks/<name>.json (default quality-<dataset>)")
     parser.add_argument("--skip", nargs="*", default=[], choices=list(STAGES), help="reuse these stages' outputs")
+    parser.add_argument("--keep-earlier", action="store_true",
+                        help="keep the earlier result file's rows of models this run does not evaluate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -64,9 +71,38 @@ def main(argv: list[str] | None = None) -> None:
         document["tokenizer_stats"] = read_json(run / "tokenizer" / "stats.json")
     if with_tokenrec:
         document["llm_training"] = read_json(run / "llm" / "history.json")
+    name = args.name or f"quality-{metrics['dataset']}"
+    if args.keep_earlier:
+        document = keep_earlier_rows(document, RESULTS / f"{name}.json")
     command = " ".join(["python -m tokenrec.bench.quality", *(argv if argv is not None else sys.argv[1:])])
-    path = write_result(args.name or f"quality-{metrics['dataset']}", document, command=command)
+    path = write_result(name, document, command=command)
     print(json.dumps({"written": str(path), **{m: v for m, v in metrics.items() if isinstance(v, dict)}})[:4000])
+
+
+def is_row(value: Any) -> bool:
+    """A model's metrics: ``{"valid": {...}, "test": {...}}``."""
+    return isinstance(value, dict) and "valid" in value and "test" in value
+
+
+def keep_earlier_rows(document: dict[str, Any], earlier_path: Path) -> dict[str, Any]:
+    """``document`` plus the earlier file's rows of models it lacks, each with where it was measured."""
+    if not earlier_path.is_file():
+        raise SystemExit(f"--keep-earlier: {earlier_path} does not exist; run without --keep-earlier")
+    earlier = read_json(earlier_path)
+    old = earlier["results"]
+    for field in ("dataset", "protocol"):
+        if old.get(field) != document.get(field):
+            raise SystemExit(
+                f"--keep-earlier: {earlier_path} field '{field}' is {old.get(field)!r}, this run's is "
+                f"{document.get(field)!r}; rows from another split cannot share a table: run without --keep-earlier"
+            )
+    where = {key: earlier[key] for key in ("command", "commit", "date")}
+    carried = {}
+    for model, row in old.items():
+        if is_row(row) and model not in document:
+            carried[model] = old.get("carried_over", {}).get(model, where)
+            document[model] = row
+    return {**document, "carried_over": carried} if carried else document
 
 
 if __name__ == "__main__":

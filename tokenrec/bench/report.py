@@ -43,6 +43,9 @@ def _quality(doc: dict[str, Any], stem: str) -> list[str]:
     if dataset in PAPER:
         row = " | ".join(f"{PAPER[dataset][k]:.4f}" if k in PAPER[dataset] else "-" for k in METRICS)
         lines.append(f"| TokenRec as reported by the paper (its protocol) | test | {row} |")
+    for name, where in res.get("carried_over", {}).items():
+        lines += ["", f"Row `{name}` kept from an earlier run (`--keep-earlier`): measured {where['date']} at commit "
+                  f"`{where['commit']}`, command `{where['command']}`."]
     protocol = res.get("protocol")
     if protocol:
         lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in protocol.items()) + "."]
