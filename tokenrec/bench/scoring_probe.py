@@ -16,7 +16,9 @@ item excluded (the evaluation protocol of :mod:`tokenrec.evaluation`):
 * ``tokenrec_history_one_stale``: LLM4Rec's vector from a history without its most recent item (the target's
   predecessor), to see how much of the score comes from the last item before the target;
 * ``tokenrec_plus_user_tokens_a``: the normalised LLM4Rec vector plus ``a`` times the normalised decoded user
-  vector, against normalised and raw items.
+  vector, against normalised and raw items;
+* ``tokenrec_plus_user_tokens_1_item_norm_power_b``: that mix with a = 1 against unit item vectors scaled by
+  their norm to the power b (b = 0 is cosine, b = 1 the raw vectors): how strong a popularity prior helps.
 
 It is a diagnostic, not a model: a variant that helps on validation is a candidate for the model, to be
 trained end to end and measured by ``tokenrec.bench.quality``. Writes ``probe-tokenrec-scoring-<dataset>.json``.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,8 @@ from tokenrec.evaluation import EmbeddingRanker, evaluate_split
 from tokenrec.tasks.train_tokenizer import load_gnn_embeddings, load_tokenizer
 from tokenrec.tokenrec_scorer import TokenRecScorer
 
-MIX_WEIGHTS = (0.5, 1.0, 2.0)
+MIX_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+NORM_POWERS = (0.5, 1.5, 2.0)
 
 
 def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
@@ -50,8 +54,10 @@ def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     gnn = load_gnn_embeddings(run_dir, cfg.gnn.output)
     user, item = gnn["user"].float(), gnn["item"].float()  # (n_users, d), (n_items, d)
     item_unit = F.normalize(item, dim=-1)
+    norm = item.norm(dim=-1, keepdim=True)  # (n_items, 1)
     decoded = F.normalize(load_tokenizer(run_dir / "tokenizer", "user").reconstruct(user), dim=-1)  # (n_users, d)
-    scorer = TokenRecScorer.from_run(run_dir, cfg)
+    # the LLM4Rec vector alone: the mixes below add the decoded user vector themselves, whatever the config says
+    scorer = TokenRecScorer.from_run(run_dir, replace(cfg, retrieval=replace(cfg.retrieval, user_token_weight=0.0)))
     users = np.arange(data.n_users)
     results: dict[str, dict[str, Any]] = {}
     for split, split_name in ((data.VALID, "valid"), (data.TEST, "test")):
@@ -69,6 +75,8 @@ def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         for a in MIX_WEIGHTS:
             variants[f"tokenrec_plus_user_tokens_{a:g}"] = (llm + a * decoded, item_unit)
             variants[f"tokenrec_plus_user_tokens_{a:g}_raw_items"] = (llm + a * decoded, item)
+        for beta in NORM_POWERS:  # the item norm as a popularity prior, weaker or stronger than raw (beta = 1)
+            variants[f"tokenrec_plus_user_tokens_1_item_norm_power_{beta:g}"] = (llm + decoded, item_unit * norm**beta)
         for name, (u, i) in variants.items():
             results.setdefault(name, {})[split_name] = evaluate_split(data, EmbeddingRanker(u, i), split)
     return results
