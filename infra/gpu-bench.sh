@@ -6,19 +6,21 @@
 # Needs a Python with this repository importable (PYTHONPATH or pip install -e .) and its model
 # dependencies (torch with CUDA, transformers, faiss, pyarrow, pyyaml, safetensors, tqdm, pytest); no Spark,
 # MLflow or Airflow. MINILM: a local MiniLM folder (the weights do not matter for the throughput numbers).
-# RUN: a MovieLens-100K run folder with gnn/ and tokenizer/ trained on SNAPSHOT (the CPU quality benchmark's),
-# so the GPU run differs from the CPU one only in how long LLM4Rec trains.
+# RUN: a run folder with gnn/ and tokenizer/ trained on SNAPSHOT (the CPU quality benchmark's), so the GPU run
+# differs from the CPU one only in how long LLM4Rec trains; DATASET names its data set (default ml100k). Size
+# QUALITY_LIMIT to the training prefixes: ml100k 97,171, lastfm 49,281, beauty 131,413 per epoch.
 # Steps, in order of importance for a short lease, each with its own time limit; every result file is copied
 # into OUT as soon as it exists (at most 8 files):
 #   1. LLM4Rec inference users/s in bf16 (history, paper-style history, ID-only prompts) and training samples/s
 #   2. the CUDA tests (pytest -m gpu): bf16 training with resume, tokenizer training on the GPU
 #   3. LightGCN seconds per epoch on a synthetic 1M-interaction graph
-#   4. TokenRec on MovieLens-100K: LLM4Rec trained on every training prefix for LLM_EPOCHS epochs
+#   4. TokenRec on DATASET: LLM4Rec trained on every training prefix for LLM_EPOCHS epochs
 # STEPS picks some of them (default: all four).
 set -u
 OUT=${OUT:-var/gpu}
 STEPS=${STEPS:-"speed-llm pytest lightgcn quality"}
 LLM_EPOCHS=${LLM_EPOCHS:-4}
+DATASET=${DATASET:-ml100k}
 QUALITY_LIMIT=${QUALITY_LIMIT:-270}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -47,9 +49,9 @@ wanted lightgcn && step speed-lightgcn-1m-gpu 70 "$PY" -m tokenrec.bench.gnn_spe
     --set train.device=cuda --name speed-lightgcn-1m-gpu
 keep docs/benchmarks/speed-lightgcn-1m-gpu.json
 
-wanted quality && step quality-ml100k-gpu "$QUALITY_LIMIT" "$PY" -m tokenrec.bench.quality --profile bench-cpu \
-    --snapshot "$SNAPSHOT" --run-dir "$RUN" --skip gnn tokenizer --name quality-ml100k-gpu \
-    --set source.dataset=ml100k --set train.device=cuda --set "llm.backbone=$MINILM" --set llm.samples_per_user=0 \
+wanted quality && step "quality-$DATASET-gpu" "$QUALITY_LIMIT" "$PY" -m tokenrec.bench.quality --profile bench-cpu \
+    --snapshot "$SNAPSHOT" --run-dir "$RUN" --skip gnn tokenizer --name "quality-$DATASET-gpu" \
+    --set "source.dataset=$DATASET" --set train.device=cuda --set "llm.backbone=$MINILM" --set llm.samples_per_user=0 \
     --set "llm.max_epochs=$LLM_EPOCHS" --set llm.batch_size=64 --set llm.eval_batch_size=1024 \
     --set "eval.baselines=[mostpop,lightgcn,tokenrec,tokenrec_paper_scoring,tokenrec_id_only,tokenrec_unseen_prompt]"
-keep docs/benchmarks/quality-ml100k-gpu.json "$RUN/llm/history.json"
+keep "docs/benchmarks/quality-$DATASET-gpu.json" "$RUN/llm/history.json"
