@@ -10,6 +10,9 @@ LLM4Rec on a trained LightGCN (``--gnn-run``, shared by every configuration so t
 differ), then records its validation and test metrics, epochs and training samples/s as one row of
 ``docs/benchmarks/sweep-tokenrec-<dataset>.json`` (a row with the same name is replaced; each row keeps its own
 command, commit and date). Choose between rows on validation only; the test columns are reported, not used.
+``--resume`` keeps the row's folder: a copy of another row's folder with a larger ``llm.max_epochs`` trains only
+the epochs it lacks (the checkpoint fingerprint leaves the epoch count out, and the learning rate is constant
+after warm-up, so this equals training all epochs in one go).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     add_run_arguments(parser)
     parser.add_argument("--gnn-run", required=True, type=Path, help="run folder whose gnn/ every config uses")
     parser.add_argument("--config-name", required=True, help="row name in the result file")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the row's run folder and resume its LLM4Rec checkpoints (e.g. more epochs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = build_config(args)
@@ -60,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         link(args.gnn_run / "gnn", tokenizer_run / "gnn")
         train_tokenizer.run(cfg, args.snapshot, tokenizer_run)
     run = args.run_dir / args.config_name
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True, exist_ok=True)
     link(args.gnn_run / "gnn", run / "gnn")
     link(tokenizer_run / "tokenizer", run / "tokenizer")
     train_llm.run(cfg, args.snapshot, run)
