@@ -84,6 +84,22 @@ def pool_hidden_states(states: torch.Tensor, attention_mask: torch.Tensor, pooli
     raise ConfigError(f"pooling must be mean, last or cls, got {pooling!r}")
 
 
+def block_causal_mask(blocks: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive attention mask ``(B, 1, T, T)`` from block ids ``(B, T)`` (-1 = padding).
+
+    Query ``i`` may attend to key ``j`` when ``j`` is not padding and ``blocks[j] <= blocks[i]``; a padding
+    query attends to the prefix (block 0), so that no row is fully masked. 0 where allowed, the dtype's
+    minimum where not (the form every attention implementation of transformers adds to its scores).
+    """
+    query = blocks.clamp_min(0).unsqueeze(2)  # (B, T, 1)
+    key = blocks.unsqueeze(1)  # (B, 1, T)
+    allowed = (key <= query) & (key >= 0)  # (B, T, T)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=blocks.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)  # (B, 1, T, T)
+
+
 class Backbone(nn.Module):
     """A text model and its tokenizer that map tokenized prompts ``(B, T)`` to vectors ``(B, H)``."""
 
@@ -124,6 +140,38 @@ class Backbone(nn.Module):
         extra = {"use_cache": False} if self.architecture == "decoder" else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return pool_hidden_states(out.last_hidden_state, attention_mask, self.pooling)  # (B, H)
+
+    def forward_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, blocks: torch.Tensor, ends: torch.Tensor
+    ) -> torch.Tensor:
+        """Pooled states ``(B, P, H)`` at each position of causal-layout prompts (:meth:`PromptEncoder.encode_causal`).
+
+        Position ``t``'s state depends on the prompt's prefix and items ``<= t`` only. A decoder is causal by
+        itself; an encoder (or T5's encoder) gets a block-causal mask: a token attends to every token of its
+        own block and of earlier blocks (the prefix is block 0, item ``t`` block ``t``), so the prefix and each
+        item still read themselves both ways, as the model was pretrained. Pooling per position: ``last``
+        takes the state at the position's last token; ``mean`` averages the states of every token up to it (a
+        causal running mean, which for the whole history equals mean pooling of the prompt under this mask).
+
+        Args:
+            input_ids, attention_mask, blocks: ``(B, T)``; ``blocks`` -1 marks padding.
+            ends: ``(B, P)`` index of each position's last token (-1: absent; its output is meaningless).
+        """
+        if self.pooling == "cls":
+            raise ConfigError("llm.pooling=cls has one state per prompt; causal training needs mean or last")
+        extra: dict[str, object] = {"use_cache": False} if self.architecture == "decoder" else {}
+        mask: torch.Tensor = attention_mask
+        if self.architecture != "decoder":
+            mask = block_causal_mask(blocks, self.model.dtype)
+        states = self.model(input_ids=input_ids, attention_mask=mask, **extra).last_hidden_state  # (B, T, H)
+        index = ends.clamp_min(0)  # (B, P)
+        if self.pooling == "last":
+            return states.gather(1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # (B, P, H)
+        real = (blocks >= 0).unsqueeze(-1)  # (B, T, 1)
+        running = torch.cumsum(states.float() * real, dim=1)  # (B, T, H)
+        counts = torch.cumsum(real.float(), dim=1).clamp_min(1.0)  # (B, T, 1)
+        picked = running.gather(1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # (B, P, H)
+        return (picked / counts.gather(1, index.unsqueeze(-1))).to(states.dtype)  # (B, P, H)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write model, tokenizer (with ID tokens) and ``backbone.json``; :func:`load_backbone` reads it."""

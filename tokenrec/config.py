@@ -293,6 +293,8 @@ TOKEN_INITS = ("mean", "codeword", "random")
 HISTORY_STYLES = ("paper", "compact")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")
 LLM_PRECISIONS = ("auto", "bf16", "fp32")
+LLM_TRAININGS = ("causal", "sampled")
+LLM_LOSSES = ("softmax", "sampled_softmax", "hinge")
 PROMPT_VARIANTS = ("full", "id_only", "unseen_prompt")  # history prompt, ID-only, held-out template
 
 
@@ -318,11 +320,27 @@ class LlmConfig:
     # --- LLM4Rec: projection, loss and training (tokenrec/models/llm4rec.py, tokenrec/training/llm.py)
     proj_hidden: int = 512  # hidden width of the projection MLP: backbone hidden -> proj_hidden -> gnn.dim
     proj_dropout: float = 0.1  # dropout inside the projection MLP while training
-    id_only_share: float = 0.2  # share of training prompts written with the ID-only template (1 = the
-    # ID-only ablation, then validation uses ID-only prompts too; 0 = history prompts only)
-    num_negatives: int = 1  # uniform negatives per sample, drawn outside the user's training items (0 = none)
-    in_batch_negatives: bool = False  # also use the other targets of the (per-process) batch as negatives
-    margin: float = 0.0  # gamma of the negative term max(0, cos(z, q_neg) - gamma)
+    id_only_share: float = 0.2  # sampled training: share of prompts written with the ID-only template (1 = the
+    # ID-only ablation, then validation uses ID-only prompts too; 0 = history prompts only). Causal training
+    # always trains its position 0, the prompt's prefix before any item (the causal form of an ID-only prompt)
+    training: str = "causal"  # causal: one prompt per window of a user's training items, read under a causal
+    # mask so that every position is a target (all history prefixes in one pass, as SASRec trains); sampled:
+    # the paper's one prompt per (history prefix, next item) sample (tokenrec/training/llm_samples.py)
+    loss: str = "softmax"  # softmax: cross-entropy over every item of the temperature-scaled retrieval score,
+    # the user's other training items left out; sampled_softmax: the same estimated from num_sampled items
+    # with logQ correction (catalogues too large for one matrix); hinge: the paper's 1 - cos plus
+    # max(0, cos - margin) on num_negatives sampled (and optionally in-batch) negatives
+    temperature: float = 0.1  # softmax losses: tau of score / tau (cosine, or unit z . raw item with
+    # retrieval.normalize_items false: the loss ranks by what retrieval ranks by)
+    num_sampled: int = 1024  # sampled_softmax: items drawn per micro-batch from the training-target popularity
+    window_stride: int = 0  # causal: items between the ends of a user's consecutive windows (0 = history_len
+    # + 1: windows do not overlap); a smaller stride gives each target at least history_len + 1 - stride
+    # items of context, each target still trained once per epoch
+    bucket_batches: int = 16  # micro-batches per length bucket: shuffled prompts are cut into chunks of this
+    # many batches and sorted by length inside a chunk, so a batch pads to nearly its own length (1 = off)
+    num_negatives: int = 1  # hinge: uniform negatives per target, drawn outside the user's training items
+    in_batch_negatives: bool = False  # hinge: also use the other targets of the (per-process) batch as negatives
+    margin: float = 0.0  # hinge: gamma of the negative term max(0, cos(z, q_neg) - gamma)
     lr: float = 5e-5  # AdamW learning rate of the backbone's own weights (the paper's)
     head_lr: float = 1e-3  # AdamW learning rate of the projection and the new ID-token embeddings
     weight_decay: float = 0.0  # AdamW decoupled weight decay (all groups)
@@ -334,7 +352,8 @@ class LlmConfig:
     max_epochs: int = 10
     patience: int = 2  # validations without a better validation NDCG@20 before stopping
     eval_every: int = 1  # epochs between validations (model selection on validation NDCG@20 only)
-    samples_per_user: int = 0  # training samples drawn per user and epoch, re-drawn each epoch (0 = all)
+    samples_per_user: int = 0  # training prompts drawn per user and epoch, re-drawn each epoch (0 = all): a
+    # prompt is one prefix sample (sampled) or one window (causal)
     eval_batch_size: int = 128  # prompts per forward pass in validation, evaluation and inference
     checkpoint_steps: int = 0  # also checkpoint every this many optimizer steps inside an epoch (0 = off)
     report_variants: list[str] = field(default_factory=lambda: ["full"])  # prompt variants that train-llm
@@ -342,6 +361,22 @@ class LlmConfig:
 
     def __post_init__(self) -> None:
         _one_of("llm.architecture", self.architecture, BACKBONE_ARCHITECTURES)
+        _one_of("llm.training", self.training, LLM_TRAININGS)
+        _one_of("llm.loss", self.loss, LLM_LOSSES)
+        if self.temperature <= 0.0 or self.num_sampled < 1 or self.window_stride < 0 or self.bucket_batches < 1:
+            raise ConfigError(
+                "llm.temperature must be > 0, llm.num_sampled and llm.bucket_batches >= 1 and llm.window_stride "
+                f">= 0, got {self.temperature}, {self.num_sampled}, {self.bucket_batches}, {self.window_stride}"
+            )
+        if self.window_stride > self.history_len + 1:
+            raise ConfigError(
+                f"llm.window_stride ({self.window_stride}) may not exceed llm.history_len + 1 "
+                f"({self.history_len + 1}): items between windows would never be targets"
+            )
+        if self.training == "causal" and self.id_only_share >= 1.0:
+            raise ConfigError(
+                "llm.id_only_share=1 (the ID-only ablation) trains no history position: use llm.training=sampled"
+            )
         _one_of("llm.precision", self.precision, LLM_PRECISIONS)
         for variant in self.report_variants:
             _one_of("llm.report_variants", variant, PROMPT_VARIANTS)

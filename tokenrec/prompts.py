@@ -30,6 +30,15 @@ USER_PREFIX, ITEM_PREFIX = "u", "v"
 ID_TOKEN_PATTERN = re.compile(r"<([uv])(\d+)-(\d+)>")
 KINDS = {"user": USER_PREFIX, "item": ITEM_PREFIX}
 PROMPT_MODES = ("train", "eval", "unseen")
+# How a model reads a prompt: "pooled" pools the whole prompt into one state (:meth:`PromptEncoder.encode`);
+# "causal" reads the history template cut after its history under a causal mask, one state per position, and
+# serves from the last one (:meth:`PromptEncoder.encode_causal`). A model is served as it was trained.
+PROMPT_LAYOUTS = ("pooled", "causal")
+
+
+def layout_for(training: str) -> str:
+    """The prompt layout of a model trained with ``llm.training`` = ``training`` (causal or sampled)."""
+    return "causal" if training == "causal" else "pooled"
 
 # Training paraphrases; index 0 is the paper's wording and the "eval" template. Fields: {user}, {history}.
 HISTORY_TEMPLATES = (
@@ -64,7 +73,7 @@ def entity_text(kind: str, codes: Sequence[int] | np.ndarray) -> str:
 
 def recent_history(sequence: np.ndarray, history_len: int) -> np.ndarray:
     """The most recent ``history_len`` items of a time-ordered sequence, still in time order."""
-    return sequence[len(sequence) - history_len :] if history_len > 0 else sequence[:0]
+    return sequence[max(0, len(sequence) - history_len) :] if history_len > 0 else sequence[:0]
 
 
 def history_codes(
@@ -100,6 +109,7 @@ def build_prompts(
     mode: str = "eval",
     rng: np.random.Generator | None = None,
     style: str = "paper",
+    layout: str = "pooled",
 ) -> list[str]:
     """Write one prompt per user.
 
@@ -111,11 +121,17 @@ def build_prompts(
             or ``unseen`` (the held-out template).
         rng: random generator for ``train``; required there so that runs are reproducible.
         style: history style, ``paper`` or ``compact``.
+        layout: ``pooled``, or ``causal``: the history template cut after the history, as
+            :meth:`PromptEncoder.encode_causal` assembles it (``histories`` required; an empty one leaves the
+            prefix alone).
 
     Returns:
         ``B`` prompt strings.
     """
     _check_prompt_arguments(user_codes, histories, mode, rng)
+    if layout == "causal":
+        return [_causal_text(codes, histories[i], _template(True, mode, rng), style)
+                for i, codes in enumerate(user_codes)]  # fmt: skip
     prompts = []
     for i, codes in enumerate(user_codes):
         user = f"user_{entity_text('user', codes)}"
@@ -126,6 +142,11 @@ def build_prompts(
         else:
             prompts.append(template.format(user=user, history=format_history(history, style)))
     return prompts
+
+
+def _causal_text(user_codes: np.ndarray, history: np.ndarray, template: str, style: str) -> str:
+    head = template.split("{history}")[0].format(user=f"user_{entity_text('user', user_codes)}")
+    return head + (format_history(history, style) if len(history) else "")
 
 
 def _check_prompt_arguments(
@@ -208,7 +229,11 @@ def select_rows(
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     width = min(width, ids.shape[1])
     cut = slice(ids.shape[1] - width, None) if padding_side == "left" else slice(0, width)
-    return {"input_ids": ids[:, cut], "attention_mask": mask[:, cut]}
+    out = {"input_ids": ids[:, cut], "attention_mask": mask[:, cut]}
+    if "blocks" in encoded:  # the causal layout (always right-padded): block ids crop like the ids
+        out["blocks"] = encoded["blocks"][index][:, cut]
+        out["ends"] = encoded["ends"][index]
+    return out
 
 
 class PromptEncoder:
@@ -248,6 +273,15 @@ class PromptEncoder:
                     break
                 self.pieces[template] = pieces
         self.assembles = bool(self.pieces)  # False: strings are tokenized instead
+        # per history template, the middle tokens that belong to the first item in the causal layout
+        self.causal_leads: dict[str, int] = {}
+        if self.assembles:
+            for template in (*HISTORY_TEMPLATES, HISTORY_UNSEEN_TEMPLATE):
+                lead = self._causal_lead(template)
+                if lead is None:
+                    self.causal_leads.clear()
+                    break
+                self.causal_leads[template] = lead
 
     # -------------------------------------------------------------------------------- encoding
 
@@ -299,6 +333,131 @@ class PromptEncoder:
             ids[rows, cut] = block
             mask[rows, cut] = 1
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+    def encode_causal(
+        self,
+        user_codes: np.ndarray,
+        histories: Sequence[np.ndarray],
+        mode: str = "eval",
+        rng: np.random.Generator | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Token ids of history prompts in the *causal layout*, with where each history position ends.
+
+        A causal prompt is a history template cut after its history: ``<prefix with the user's ID tokens>
+        item_1 ... item_h`` (no closing question), so that the state after item ``t`` can be read under a
+        causal mask without seeing items ``> t``. Position 0 is the prefix alone (the user's ID tokens, no
+        history: the causal form of an ID-only prompt); position ``t`` ends at item ``t``'s last ID token.
+        The template is drawn per row from the history family exactly as :meth:`encode` draws it, even for
+        an empty history (then the prompt is the prefix alone).
+
+        Args: as :meth:`encode`; ``histories`` holds per row the codes ``(h, K)`` of the items shown.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` and ``blocks`` ``(B, T)`` (``blocks``: 0 for the prefix, ``t``
+            for the tokens of item ``t`` with the separator before it, -1 for padding; prompts are
+            right-padded) and ``ends`` ``(B, P)`` with ``P = 1 + longest history``: ``ends[b, t]`` is the
+            index of the last token of position ``t``, -1 where row ``b`` has no position ``t``.
+
+        Raises:
+            ConfigError: the tokenizer cannot assemble prompts from pieces (so token positions are unknown).
+        """
+        if not self.causal_leads:
+            raise ConfigError(
+                "llm.training=causal needs a tokenizer that keeps the template text and the ID tokens apart "
+                "(checked when prompts are assembled); this one does not: use llm.training=sampled"
+            )
+        if self.padding_side != "right":
+            raise ConfigError("the causal prompt layout needs right padding")
+        user_codes = np.asarray(user_codes, dtype=np.int64).reshape(len(user_codes), -1)
+        _check_prompt_arguments(user_codes, histories, mode, rng)
+        lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(user_codes))
+        templates = [_template(True, mode, rng) for _ in lengths]
+        groups: dict[tuple[str, int], list[int]] = {}
+        for row, (template, n) in enumerate(zip(templates, lengths, strict=True)):
+            groups.setdefault((template, int(n)), []).append(row)
+        parts = []
+        for (template, n), rows in groups.items():
+            items = None
+            if n:
+                items = np.stack([np.asarray(histories[r], dtype=np.int64).reshape(n, -1) for r in rows])
+            parts.append((np.asarray(rows), *self._assemble_causal(template, user_codes[rows], items)))
+        width = max((ids.shape[1] for _, ids, _, _ in parts), default=0)
+        if max_length is not None and width > max_length:
+            raise ConfigError(
+                f"a prompt has {width} tokens but the backbone takes at most {max_length}; "
+                "lower llm.history_len or use llm.history_style=compact"
+            )
+        batch = len(user_codes)
+        ids = np.full((batch, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((batch, width), dtype=np.int64)
+        blocks = np.full((batch, width), -1, dtype=np.int64)
+        ends = np.full((batch, 1 + int(lengths.max(initial=0))), -1, dtype=np.int64)
+        for rows, block_ids, block, row_ends in parts:
+            ids[rows, : block_ids.shape[1]] = block_ids
+            mask[rows, : block_ids.shape[1]] = 1
+            blocks[rows, : len(block)] = block
+            ends[rows, : len(row_ends)] = row_ends
+        return {name: torch.from_numpy(value) for name, value in
+                (("input_ids", ids), ("attention_mask", mask), ("blocks", blocks), ("ends", ends))}  # fmt: skip
+
+    def _assemble_causal(
+        self, template: str, user_codes: np.ndarray, items: np.ndarray | None, lead: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Causal ids ``(r, T)``, block ids ``(T,)`` and position ends ``(1 + h,)`` of ``r`` prompts of one
+        template and history length; ``items`` ``(r, h, K)`` or None.
+
+        The last ``lead`` tokens of the template's middle piece (text every item carries, "item_" in the paper
+        style) go to the first item's block, so that the prefix alone reads as the template cut before its
+        history (found and checked on construction, :attr:`causal_leads`).
+        """
+        prefix, middle, separator, _ = self.pieces[template]
+        lead = self.causal_leads[template] if lead is None else lead
+        core = middle[: len(middle) - lead]
+        levels = user_codes.shape[1]
+        users = self._lookup("user", user_codes)  # (r, K)
+        rows = len(user_codes)
+        ids = np.concatenate([np.broadcast_to(prefix, (rows, len(prefix))), users,
+                              np.broadcast_to(core, (rows, len(core)))], axis=1)  # fmt: skip
+        blocks = np.zeros(ids.shape[1], dtype=np.int64)
+        step, cut = len(separator) + levels, len(separator) - lead  # tokens per item; the first has step - cut
+        n = 0 if items is None else items.shape[1]
+        last = ids.shape[1] - 1
+        ends = np.array([last] + [last + step - cut + (t - 1) * step for t in range(1, n + 1)], dtype=np.int64)
+        if n:
+            codes = self._lookup("item", items.reshape(-1, items.shape[2])).reshape(items.shape)  # (r, n, K)
+            body = np.concatenate(
+                [np.broadcast_to(separator, (rows, n, len(separator))), codes], axis=2
+            )  # (r, n, step): separator + codes
+            flat = body.reshape(rows, -1)[:, cut:]  # the first item keeps only the separator's last `lead`
+            ids = np.concatenate([ids, flat], axis=1)
+            blocks = np.concatenate([blocks, np.repeat(np.arange(1, n + 1), step)[cut:]])
+        return ids, blocks, ends
+
+    def _causal_lead(self, template: str) -> int | None:
+        """How many middle tokens belong to the first item's block, or None when no choice reproduces the
+        tokenizer's own ids of the cut template for 0 to 3 history items."""
+        levels = self.token_ids["user"].shape[0]
+        size = min(table.shape[1] for table in self.token_ids.values())
+        user = np.arange(levels)[None, :] % size  # (1, K)
+        specials = set(getattr(self.tokenizer, "all_special_ids", []))
+        expected = []
+        for h in range(4):
+            items = (np.arange(h * levels).reshape(h, levels) * 5 + 2) % size
+            text = _causal_text(user[0], items, template, self.style)
+            ids = list(self.tokenizer(text)["input_ids"])
+            while ids and ids[-1] in specials:  # the closing special tokens belong to the cut-off suffix
+                ids.pop()
+            expected.append((items, ids))
+        middle, separator = self.pieces[template][1], self.pieces[template][2]
+        for lead in range(min(len(middle), len(separator)) + 1):
+            if lead and not np.array_equal(middle[len(middle) - lead :], separator[len(separator) - lead :]):
+                continue
+            assembled = (self._assemble_causal(template, user, items[None] if len(items) else None, lead)[0][0]
+                         for items, _ in expected)  # fmt: skip
+            if all(got.tolist() == ids for got, (_, ids) in zip(assembled, expected, strict=True)):
+                return lead
+        return None
 
     def _assemble(self, template: str, user_codes: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         """``(n, T)`` ids of ``n`` prompts of one template and one history length; items ``(n, h, K)``."""

@@ -42,7 +42,7 @@ from tokenrec.errors import ConfigError, InputError
 from tokenrec.evaluation import SeenItems, evaluate_split
 from tokenrec.models.llm4rec import LLM4Rec
 from tokenrec.models.quantizer import Tokenizer
-from tokenrec.prompts import PromptEncoder, build_prompts, history_codes, select_rows
+from tokenrec.prompts import PROMPT_LAYOUTS, PromptEncoder, build_prompts, history_codes, select_rows
 from tokenrec.retrieval import ItemIndex
 from tokenrec.storage import read_json
 
@@ -69,11 +69,14 @@ def variant_prompts(
     user_codes: np.ndarray,
     histories: Sequence[np.ndarray],
     style: str = "paper",
+    layout: str = "pooled",
 ) -> list[str]:
     """The evaluation prompts of ``variant`` for users with ``user_codes`` ``(B, K)`` and item-code histories."""
     check_variant(variant)
     shown = None if variant == "id_only" else histories
-    return build_prompts(user_codes, shown, mode=PROMPT_MODE[variant], style=style)
+    if layout == "causal" and shown is None:
+        shown = [h[:0] for h in histories]  # the causal ID-only prompt: the prefix alone
+    return build_prompts(user_codes, shown, mode=PROMPT_MODE[variant], style=style, layout=layout)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -98,6 +101,9 @@ class TokenRecScorer:
         progress: show progress bars.
         user_decoder: the trained user tokenizer; required when ``retrieval.user_token_weight`` > 0, whose
             decoded user vectors ``(U, d)`` are then added to the LLM4Rec vectors.
+        layout: how the model reads prompts, as it was trained (:data:`tokenrec.prompts.PROMPT_LAYOUTS`):
+            ``pooled`` (the whole prompt pooled) or ``causal`` (the history template cut after the history,
+            read under the causal mask, the state after the last item; ``id_only``: after the prefix).
     """
 
     def __init__(
@@ -114,7 +120,10 @@ class TokenRecScorer:
         amp_dtype: torch.dtype | None = None,
         progress: bool = False,
         user_decoder: Tokenizer | None = None,
+        layout: str = "pooled",
     ) -> None:
+        if layout not in PROMPT_LAYOUTS:
+            raise ConfigError(f"prompt layout must be one of {', '.join(PROMPT_LAYOUTS)}, got {layout!r}")
         if len(item_codes) != len(item_vectors):
             raise ValueError(f"{len(item_codes)} item token rows but {len(item_vectors)} item vectors")
         self.user_token_weight = retrieval.user_token_weight if retrieval is not None else 0.0
@@ -126,6 +135,7 @@ class TokenRecScorer:
         self.item_codes = np.asarray(item_codes)
         self.history_len = history_len
         self.history_style = history_style
+        self.layout = layout
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
         self.progress = progress
@@ -138,7 +148,7 @@ class TokenRecScorer:
     def prompts(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> list[str]:
         """The prompt strings of ``users`` (for people; scoring assembles token ids directly)."""
         histories = history_codes(sequences, users, self.item_codes, self.history_len)
-        return variant_prompts(variant, self.user_codes[users], histories, self.history_style)
+        return variant_prompts(variant, self.user_codes[users], histories, self.history_style, self.layout)
 
     @torch.inference_mode()
     def embed_codes(
@@ -155,7 +165,14 @@ class TokenRecScorer:
         was_training = self.model.training
         self.model.eval()
         shown = None if variant == "id_only" else histories
-        encoded = self.encoder.encode(user_codes, shown, PROMPT_MODE[variant], None, self.model.backbone.max_length)
+        limit = self.model.backbone.max_length
+        if self.layout == "causal":
+            shown = [h[:0] for h in histories] if shown is None else shown  # id_only: the prefix alone
+            encoded = self.encoder.encode_causal(user_codes, shown, PROMPT_MODE[variant], None, limit)
+            lengths_shown = np.fromiter((len(h) for h in shown), dtype=np.int64, count=len(shown))
+            encoded["ends"] = encoded["ends"].gather(1, torch.from_numpy(lengths_shown)[:, None])  # (U, 1): last
+        else:
+            encoded = self.encoder.encode(user_codes, shown, PROMPT_MODE[variant], None, limit)
         lengths = encoded["attention_mask"].sum(dim=1).numpy()  # (U,)
         order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
         # everything on the device up front: the loop below never waits for the GPU, which keeps it busy
@@ -169,7 +186,10 @@ class TokenRecScorer:
             longest = int(lengths[order[start : start + self.batch_size]].max())
             batch = select_rows(encoded, rows, multiple, self.encoder.padding_side, longest)
             with autocast(self.device, self.amp_dtype):
-                z = self.model(batch["input_ids"], batch["attention_mask"])  # (B, d)
+                if self.layout == "causal":
+                    z = self.model(batch["input_ids"], batch["attention_mask"], batch["blocks"], batch["ends"])[:, 0]
+                else:
+                    z = self.model(batch["input_ids"], batch["attention_mask"])  # (B, d)
             out[rows] = z.float()
         self.model.train(was_training)
         if self.user_decoder is not None:  # unit LLM4Rec vector + a * unit decoded user vector
@@ -250,6 +270,7 @@ class TokenRecScorer:
             autocast_dtype(device, cfg.llm.precision),
             cfg.train.progress,
             user_decoder,
+            manifest.get("prompt_layout", "pooled"),  # models from before causal training were pooled
         )
 
 

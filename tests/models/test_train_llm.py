@@ -23,7 +23,8 @@ from tokenrec.tasks import evaluate, train_tokenizer
 from tokenrec.tasks import train_llm as stage
 from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, load_run_tables
-from tokenrec.training.llm import TrainingSamples, prompts_for, train_llm
+from tokenrec.training.llm import prompts_for, train_llm
+from tokenrec.training.llm_samples import PrefixSamples
 
 pytestmark = pytest.mark.unit
 
@@ -100,7 +101,7 @@ def test_samples_are_every_position_after_the_first_with_the_most_recent_history
         timestamps=[10, 20, 30, 40, 50, 60, 10, 20, 30],
         splits=[0, 0, 0, 0, 1, 2, 0, 1, 2],
     )
-    samples = TrainingSamples(data)
+    samples = PrefixSamples(data, history_len=2)
     assert samples.users.tolist() == [0, 0, 0]
     assert samples.targets.tolist() == [3, 7, 1]  # never a validation or test item
     item_codes = np.arange(8)[:, None].repeat(3, axis=1)  # item j has tokens (j, j, j)
@@ -123,8 +124,8 @@ def test_samples_are_every_position_after_the_first_with_the_most_recent_history
 
 def test_epoch_plan_is_seeded_caps_samples_per_user_and_draws_negatives_outside_training_items(prepared):
     _, _, data = prepared
-    samples = TrainingSamples(data)
-    cfg = LlmConfig(num_negatives=3, samples_per_user=2, id_only_share=0.5)
+    samples = PrefixSamples(data, history_len=50)
+    cfg = LlmConfig(training="sampled", loss="hinge", num_negatives=3, samples_per_user=2, id_only_share=0.5)
     plan = samples.epoch_plan(cfg, seed=1, epoch=1)
     again = samples.epoch_plan(cfg, seed=1, epoch=1)
     other = samples.epoch_plan(cfg, seed=1, epoch=2)
@@ -220,10 +221,22 @@ def test_user_token_weight_adds_the_decoded_user_vector_to_the_unit_llm_vector(p
 # ------------------------------------------------------------------------------------------------- stage
 
 
+TRAININGS = [("causal", "softmax"), ("causal", "sampled_softmax"), ("causal", "hinge"), ("sampled", "hinge"),
+             ("sampled", "softmax")]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_stage_learns_writes_the_run_folder_and_the_saved_model_scores_like_the_trained_one(prepared):
-    snapshot, run_dir, data = prepared
-    cfg = load_config(overrides=[*SETTINGS, "llm.max_epochs=3", "llm.token_init=codeword"])
+@pytest.mark.parametrize(("training", "loss"), TRAININGS)
+def test_stage_learns_writes_the_run_folder_and_the_saved_model_scores_like_the_trained_one(
+    prepared, tmp_path, training, loss
+):
+    snapshot, shared_run, data = prepared
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for part in ("gnn", "tokenizer"):
+        (run_dir / part).symlink_to(shared_run / part)
+    settings = [f"llm.training={training}", f"llm.loss={loss}", "llm.num_sampled=32"]
+    cfg = load_config(overrides=[*SETTINGS, *settings, "llm.max_epochs=3", "llm.token_init=codeword"])
     summary = stage.run(cfg, snapshot, run_dir)
     out = run_dir / "llm"
     for name in ("llm.json", "projection.safetensors", "history.json", "metrics.json", "config.yaml",
@@ -231,7 +244,9 @@ def test_stage_learns_writes_the_run_folder_and_the_saved_model_scores_like_the_
         assert (out / name).is_file(), name
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    assert history[-1]["loss"] < 0.9 * history[0]["loss"]
+    targets = data.n_users * (7 if training == "causal" else 6)  # 7 training items per user
+    assert history[0]["targets"] == targets  # causal: every item (position 0 included); sampled: every prefix
     metrics = json.loads((out / "metrics.json").read_text())
     best = max(history, key=lambda h: h["valid"]["NDCG@20"])
     assert metrics["best_epoch"] == summary["best_epoch"] == best["epoch"]  # selected on validation only
@@ -290,11 +305,13 @@ def test_codeword_init_reads_the_tokenizer_codewords(prepared):
 
 
 @pytest.mark.slow
-def test_resumed_runs_end_exactly_where_an_uninterrupted_run_ends(prepared, tmp_path):
+@pytest.mark.parametrize(("training", "loss"), [("causal", "sampled_softmax"), ("sampled", "hinge")])
+def test_resumed_runs_end_exactly_where_an_uninterrupted_run_ends(prepared, tmp_path, training, loss):
     _, run_dir, data = prepared
     cfg = load_config(
-        overrides=[*SETTINGS, "llm.max_epochs=2", "llm.checkpoint_steps=4", "llm.samples_per_user=3"]
-    )
+        overrides=[*SETTINGS, "llm.max_epochs=2", "llm.checkpoint_steps=4", "llm.samples_per_user=3",
+                   f"llm.training={training}", f"llm.loss={loss}", "llm.num_sampled=16", "llm.window_stride=3"]
+    )  # fmt: skip
     train = TrainConfig(device="cpu", seed=3, progress=False)
     tables = tables_of(run_dir)
     device = torch.device("cpu")

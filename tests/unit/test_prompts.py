@@ -61,6 +61,8 @@ def test_history_is_the_most_recent_items_in_time_order():
     sequence = np.array([5, 3, 9, 1])
     assert recent_history(sequence, 2).tolist() == [9, 1]
     assert recent_history(sequence, 10).tolist() == [5, 3, 9, 1]
+    assert recent_history(sequence, 5).tolist() == [5, 3, 9, 1]  # shorter than H, longer than H / 2: all of it
+    assert recent_history(sequence, 7).tolist() == [5, 3, 9, 1]
     assert recent_history(sequence, 0).tolist() == []
     item_codes = np.arange(30).reshape(10, 3)  # item j has codes (3j, 3j+1, 3j+2)
     codes = history_codes([sequence, np.array([], dtype=int)], np.array([0, 1]), item_codes, 3)

@@ -85,9 +85,25 @@ class LLM4Rec(nn.Module):
         self.projection = ProjectionHead(backbone.hidden_size, proj_hidden, out_dim, proj_dropout)
         self.out_dim = out_dim
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(input_ids, attention_mask)  # (B, H) pooled hidden state
-        return self.projection(h).float()  # (B, d); float32 even under autocast, for the cosines
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        blocks: torch.Tensor | None = None,
+        ends: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Preference vectors: ``(B, d)`` of whole prompts, or ``(B, P, d)`` per position of causal prompts.
+
+        Args:
+            input_ids, attention_mask: ``(B, T)`` tokenized prompts.
+            blocks, ends: for prompts in the causal layout (:meth:`tokenrec.prompts.PromptEncoder.encode_causal`):
+                block ids ``(B, T)`` and the last token ``(B, P)`` of each position to read.
+        """
+        if blocks is None or ends is None:
+            h = self.backbone(input_ids, attention_mask)  # (B, H) pooled hidden state
+        else:
+            h = self.backbone.forward_positions(input_ids, attention_mask, blocks, ends)  # (B, P, H)
+        return self.projection(h).float()  # (B, d) or (B, P, d); float32 even under autocast, for the cosines
 
     def split_id_embeddings(self, vocab: IdVocabulary) -> IdTokenEmbedding:
         """Give the ID tokens' input-embedding rows their own parameter (they must be one contiguous range)."""
@@ -184,3 +200,95 @@ def item_table_loss(
     neg_cos = torch.cat(parts, dim=1) if parts else None
     neg_mask = torch.cat(masks, dim=1) if masks else None
     return generative_retrieval_loss(z, q_pos, neg_cos, margin, neg_mask)
+
+
+# ------------------------------------------------------------------------------------- softmax losses (ours)
+# The paper trains with the cosine + hinge loss above on one sampled negative. The losses below are a
+# full-catalogue alternative (as SASRec-style sequential models train): cross-entropy over every item of the
+# temperature-scaled similarity that retrieval ranks by, and a sampled version for catalogues too large for
+# one (N, n_items) matrix.
+
+
+def retrieval_logits(
+    z: torch.Tensor, items: torch.Tensor, temperature: float, normalize_items: bool = True
+) -> torch.Tensor:
+    """Scores ``(N, M)`` of vectors ``z`` ``(N, d)`` against ``items`` ``(M, d)``, divided by ``temperature``.
+
+    The unit preference vector against unit item vectors (cosine, the paper's retrieval) or, with
+    ``normalize_items`` false, against the raw item vectors: the same order :mod:`tokenrec.retrieval` ranks by.
+    """
+    q = F.normalize(items, dim=-1) if normalize_items else items
+    return F.normalize(z, dim=-1) @ q.T / temperature  # (N, M)
+
+
+def softmax_loss(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    item_vectors: torch.Tensor,
+    temperature: float,
+    normalize_items: bool = True,
+    seen: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Full-catalogue cross-entropy of the observed next items, and detached statistics.
+
+    Args:
+        z: ``(N, d)`` projected preference vectors, one per target.
+        targets: ``(N,)`` observed next items.
+        item_vectors: ``(n_items, d)`` the frozen GNN item embeddings.
+        temperature: tau of ``score / tau``.
+        normalize_items: cosine (true) or unit ``z`` against raw item vectors, as retrieval scores.
+        seen: ``(rows, items)`` pairs left out of row ``rows[i]``'s softmax (the user's other training items,
+            which evaluation excludes too); a pair naming the row's own target is ignored.
+    """
+    logits = retrieval_logits(z, item_vectors, temperature, normalize_items)  # (N, n_items)
+    if seen is not None:
+        rows, items = seen
+        other = items != targets[rows]
+        logits = logits.index_put((rows[other], items[other]), logits.new_tensor(float("-inf")))
+    loss = F.cross_entropy(logits, targets)
+    return loss, _cosine_stats(z, targets, item_vectors)
+
+
+def sampled_softmax_loss(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    item_vectors: torch.Tensor,
+    candidates: torch.Tensor,
+    log_q: torch.Tensor,
+    temperature: float,
+    normalize_items: bool = True,
+    is_seen: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sampled softmax with logQ correction: an estimate of :func:`softmax_loss` from ``M`` sampled items.
+
+    ``candidates`` are ``M`` items drawn i.i.d. (shared by the batch) from a proposal ``Q``; the logit of a
+    sampled item is corrected by ``- log(M * Q(j))``, so that the sum of their exponentials estimates the
+    softmax's normaliser over the whole catalogue without bias (importance sampling; Bengio & Senecal 2008,
+    Yi et al., RecSys 2019). The target's own logit is not corrected.
+
+    Args:
+        z: ``(N, d)``; targets: ``(N,)``; item_vectors: ``(n_items, d)``; temperature, normalize_items: as
+            :func:`softmax_loss`.
+        candidates: ``(M,)`` sampled items.
+        log_q: ``(n_items,)`` log-probability of each item under the proposal.
+        is_seen: ``(N, M)`` bool, True where candidate ``m`` is one of row ``n``'s user's training items
+            (its target included): those are left out, as :func:`softmax_loss` leaves them out.
+    """
+    q_pos = item_vectors[targets]  # (N, d)
+    qn = F.normalize(q_pos, dim=-1) if normalize_items else q_pos
+    pos = (F.normalize(z, dim=-1) * qn).sum(-1, keepdim=True) / temperature  # (N, 1)
+    neg = retrieval_logits(z, item_vectors[candidates], temperature, normalize_items)  # (N, M)
+    neg = neg - (log_q[candidates] + torch.log(neg.new_tensor(float(len(candidates)))))[None, :]
+    if is_seen is not None:
+        neg = neg.masked_fill(is_seen, float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)  # (N, 1 + M): the target is column 0
+    loss = F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
+    return loss, _cosine_stats(z, targets, item_vectors)
+
+
+def _cosine_stats(z: torch.Tensor, targets: torch.Tensor, item_vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean cosine to the targets and to the catalogue (all items), detached."""
+    with torch.no_grad():
+        zn = F.normalize(z.detach(), dim=-1)
+        qn = F.normalize(item_vectors, dim=-1)  # (n_items, d)
+        return {"pos_cos": (zn * qn[targets]).sum(-1).mean(), "neg_cos": (zn @ qn.mean(0)).mean()}

@@ -35,6 +35,7 @@ from tokenrec.config import Config, save_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
 from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.prompts import layout_for
 from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
 from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.tokenrec_scorer import (
@@ -127,6 +128,7 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         autocast_dtype(device, cfg.llm.precision),
         cfg.train.progress and ranks.main,
         user_decoder,
+        layout_for(cfg.llm.training),
     )
     scores: dict[str, Any] = {}
     for variant in cfg.llm.report_variants:
@@ -235,6 +237,7 @@ def save_model(
         "item_token_range": [int(vocab.item_token_ids.min()), int(vocab.item_token_ids.max())],
         "history_len": cfg.llm.history_len,
         "history_style": cfg.llm.history_style,
+        "prompt_layout": layout_for(cfg.llm.training),
         "item_vectors": item_key,
         "best_epoch": best_epoch,
         "config_hash": cfg.hash(),

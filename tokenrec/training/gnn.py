@@ -70,7 +70,8 @@ class NegativeSampler:
         self.positive_keys = np.unique(users.astype(np.int64) * n_items + items)  # sorted (user, item) keys
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # per user: id, first key, count
 
-    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """True where (user, item) is a training interaction (same shapes)."""
         keys = users.astype(np.int64) * self.n_items + items
         pos = np.searchsorted(self.positive_keys, keys)
         pos = np.minimum(pos, len(self.positive_keys) - 1)
@@ -89,12 +90,12 @@ class NegativeSampler:
     def sample(self, users: np.ndarray, rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
         """(len(users),) negatives; a user who has every item keeps a random (positive) one."""
         negatives = rng.integers(0, self.n_items, size=len(users))
-        todo = np.flatnonzero(self._is_positive(users, negatives))
+        todo = np.flatnonzero(self.is_positive(users, negatives))
         for _ in range(max_rounds):
             if not len(todo):
                 break
             negatives[todo] = rng.integers(0, self.n_items, size=len(todo))
-            todo = todo[self._is_positive(users[todo], negatives[todo])]
+            todo = todo[self.is_positive(users[todo], negatives[todo])]
         return negatives
 
 

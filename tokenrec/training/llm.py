@@ -1,21 +1,25 @@
 """Fine-tuning loop of LLM4Rec (PAPER.md section 2, "Generative retrieval"), single-process or DDP.
 
-Samples. For a user with training sequence ``s_1 .. s_n`` every ``t >= 2`` gives one sample: a prompt built from
-the user's tokens and the history ``s_{max(1, t-H)} .. s_{t-1}`` (the H most recent items before the target,
-in time order), and the target ``s_t``. A share ``llm.id_only_share`` of the samples is written with the
-ID-only template instead, and the training wording is drawn per prompt from the paraphrases of
-:mod:`tokenrec.prompts`. ``llm.samples_per_user`` optionally caps the samples a user contributes per epoch.
-Targets ``q`` are the frozen LightGCN item embeddings; negatives are uniform items outside the user's training
-items (``llm.num_negatives``) and/or the batch's other targets (``llm.in_batch_negatives``); the loss is
-:func:`tokenrec.models.llm4rec.generative_retrieval_loss`.
+What an epoch trains on (:mod:`tokenrec.training.llm_samples`): with ``llm.training: causal`` (default) one
+prompt per window of a user's training items, read under a causal mask so that every position predicts the
+next item (all history prefixes in one forward pass); with ``sampled`` (the paper) one prompt per (history
+prefix, next item) sample, a share ``llm.id_only_share`` of them written with the ID-only template. The
+training wording is drawn per prompt from the paraphrases of :mod:`tokenrec.prompts`; ``llm.samples_per_user``
+optionally caps the prompts a user contributes per epoch. Targets ``q`` are the frozen LightGCN item
+embeddings. The loss (``llm.loss``, :mod:`tokenrec.models.llm4rec`): ``softmax`` over the whole catalogue
+(the user's other training items left out, as evaluation leaves them out), ``sampled_softmax`` (logQ-corrected,
+``llm.num_sampled`` items drawn by training popularity), or the paper's ``hinge`` with uniform negatives
+outside the user's training items (``llm.num_negatives``) and/or the batch's other targets.
 
 Model selection on validation NDCG@20 only (prompt from the whole training sequence, training items excluded),
 with early stopping after ``llm.patience`` validations without improvement; the model ends with the best
-weights. Mixed precision (bf16 autocast on a GPU), gradient accumulation, clipping, warm-up, and separate
+weights. Mixed precision (bf16 autocast where the device runs it faster, :func:`tokenrec.training.device.
+autocast_dtype`), length-bucketed micro-batches with dynamic padding, gradient accumulation, clipping, warm-up, and separate
 learning rates for the backbone (``llm.lr``) and for the projection and new ID-token rows (``llm.head_lr``).
 
-Reproducibility and resume: epoch ``e``'s sample order, negatives and ID-only choices come from a generator
-seeded by ``(seed, e)``, the wording of micro-batch ``b`` from one seeded by ``(seed, e, b)``. A checkpoint
+Reproducibility and resume: epoch ``e``'s prompt order (and, sampled, its negatives and ID-only choices) come
+from a generator seeded by ``(seed, e)``, the wording, sampled items and causal negatives of micro-batch ``b``
+from one seeded by ``(seed, e, b)``. A checkpoint
 (weights, optimizer, scheduler, position in the epoch, history, RNG state) is written atomically at the end
 of every ``train.checkpoint_every`` epochs and every ``llm.checkpoint_steps`` optimizer steps, and the best
 weights in ``best-<epoch>.pt`` whenever validation improves; a restarted run continues from the last complete
@@ -44,14 +48,15 @@ from tqdm.auto import tqdm
 from tokenrec.backbone import IdVocabulary
 from tokenrec.config import LlmConfig, RetrievalConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
-from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
+from tokenrec.evaluation import SeenItems
+from tokenrec.models.llm4rec import LLM4Rec, item_table_loss, sampled_softmax_loss, softmax_loss
 from tokenrec.models.quantizer import Tokenizer
-from tokenrec.prompts import PromptEncoder, build_prompts, select_rows
+from tokenrec.prompts import PromptEncoder, build_prompts, layout_for, select_rows
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
 from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
 from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
 from tokenrec.training.device import autocast_dtype
-from tokenrec.training.gnn import NegativeSampler
+from tokenrec.training.llm_samples import CausalWindows, PrefixSamples
 from tokenrec.training.loop import SELECT_METRIC
 
 log = logging.getLogger(__name__)
@@ -77,54 +82,19 @@ class LlmTrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
 
 
-class TrainingSamples:
-    """All (user, position) samples of the training prefixes: target ``seq[p]``, history ``seq[p-H:p]``."""
-
-    def __init__(self, data: InteractionData) -> None:
-        self.sequences = data.train_sequences
-        lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
-        counts = np.maximum(lengths - 1, 0)  # positions 1 .. n-1 (0-based), i.e. t = 2 .. n
-        self.users = np.repeat(np.arange(len(lengths)), counts)  # (N,), sorted by user
-        firsts = np.cumsum(counts) - counts
-        self.positions = np.arange(counts.sum()) - np.repeat(firsts, counts) + 1  # (N,)
-        self.targets = np.concatenate([s[1:] for s in self.sequences]) if len(lengths) else self.users
-        self.sampler = NegativeSampler(*data.train_pairs, data.n_items)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def epoch_plan(self, cfg: LlmConfig, seed: int, epoch: int) -> dict[str, np.ndarray]:
-        """The shuffled samples of ``epoch`` with their negatives ``(M, n_neg)`` and ID-only flags ``(M,)``."""
-        rng = np.random.default_rng([seed, epoch])
-        chosen = np.arange(len(self))
-        if cfg.samples_per_user:
-            by_user = np.lexsort((rng.random(len(self)), self.users))  # random order inside each user
-            first = np.searchsorted(self.users, self.users[by_user])  # index of the user's first sample
-            chosen = np.sort(by_user[np.arange(len(self)) - first < cfg.samples_per_user])
-        order = chosen[rng.permutation(len(chosen))]
-        users = self.users[order]
-        negatives = self.sampler.sample(np.repeat(users, cfg.num_negatives), rng)
-        return {
-            "sample": order,
-            "negatives": negatives.reshape(len(order), cfg.num_negatives),
-            "id_only": rng.random(len(order)) < cfg.id_only_share,
-        }
-
-
 def histories_for(
-    samples: TrainingSamples, rows: np.ndarray, id_only: np.ndarray, item_codes: np.ndarray, cfg: LlmConfig
+    samples: PrefixSamples, rows: np.ndarray, id_only: np.ndarray, item_codes: np.ndarray
 ) -> list[np.ndarray]:
     """Item-code histories ``(h, K)`` of sample indices ``rows``; ``id_only[i]`` empties row i's history."""
     histories = []
     for row, no_history in zip(rows, id_only, strict=True):
-        position = samples.positions[row]
-        items = samples.sequences[samples.users[row]][max(0, position - cfg.history_len) : position]
+        items = samples.history(row)
         histories.append(item_codes[items[:0] if no_history else items])
     return histories
 
 
 def prompts_for(
-    samples: TrainingSamples,
+    samples: PrefixSamples,
     rows: np.ndarray,
     id_only: np.ndarray,
     user_codes: np.ndarray,
@@ -133,7 +103,7 @@ def prompts_for(
     rng: np.random.Generator,
 ) -> list[str]:
     """Training prompt strings of sample indices ``rows`` (training itself assembles the same token ids)."""
-    histories = histories_for(samples, rows, id_only, item_codes, cfg)
+    histories = histories_for(samples, rows, id_only, item_codes)
     return build_prompts(user_codes[samples.users[rows]], histories, "train", rng, cfg.history_style)
 
 
@@ -193,12 +163,22 @@ class _Trainer:
     ) -> None:
         self.model, self.data, self.tables, self.cfg, self.train = model, data, tables, cfg, train
         self.device, self.ks, self.out_dir, self.ranks = device, sorted(set(ks) | {20}), out_dir, ranks
-        self.samples = TrainingSamples(data)
+        self.causal = cfg.training == "causal"
+        self.samples: CausalWindows | PrefixSamples = (
+            CausalWindows(data, cfg.history_len, cfg.window_stride)
+            if self.causal
+            else PrefixSamples(data, cfg.history_len)
+        )
         self.encoder = PromptEncoder(model.backbone.tokenizer, cfg.history_style)
-        if not len(self.samples):
-            raise ValueError("no training samples: every user has fewer than two training interactions")
+        if not self.samples.n_targets:
+            raise ValueError("no training targets: no user has enough training interactions")
         vectors = tables["item_vectors"]  # (n_items, d): the frozen targets
         self.item_vectors = torch.as_tensor(vectors, dtype=torch.float32, device=device)
+        self.normalize_items = retrieval.normalize_items if retrieval is not None else True
+        self.seen = SeenItems(data, data.VALID)  # each user's training items: left out of the softmax
+        popularity = np.bincount(data.train_pairs[1], minlength=data.n_items) + 1.0  # add-one: every item drawable
+        self.proposal = popularity / popularity.sum()  # sampled_softmax: Q(j)
+        self.log_q = torch.as_tensor(np.log(self.proposal), dtype=torch.float32, device=device)
         model.to(device)
         model.split_id_embeddings(vocab)
         backbone_params, head_params = model.parameter_groups()
@@ -228,6 +208,7 @@ class _Trainer:
             retrieval=retrieval,
             amp_dtype=self.amp,
             user_decoder=user_decoder,
+            layout=layout_for(cfg.training),
         )
         self.validator = TokenRecRanker(scorer, data, "id_only" if cfg.id_only_share >= 1.0 else "full")
         self.state: dict[str, Any] = {
@@ -289,12 +270,14 @@ class _Trainer:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch (from a mid-epoch checkpoint's position when resuming); returns its history entry."""
         cfg, ranks, state = self.cfg, self.ranks, self.state
-        plan = self.samples.epoch_plan(cfg, self.train.seed, epoch)
+        plan = self.samples.epoch_plan(cfg, self.train.seed, epoch, cfg.batch_size * ranks.world)
         n_plan, global_batch = len(plan["sample"]), cfg.batch_size * ranks.world
         n_micro = n_plan // global_batch if ranks.world > 1 else -(-n_plan // cfg.batch_size)
         if n_micro == 0:
             raise ValueError(f"{n_plan} samples cannot fill one global batch of {global_batch}")
-        totals = state["partial"] or {"loss": 0.0, "pos_cos": 0.0, "neg_cos": 0.0, "batches": 0, "samples": 0}
+        totals = state["partial"] or {
+            "loss": 0.0, "pos_cos": 0.0, "neg_cos": 0.0, "batches": 0, "samples": 0, "targets": 0
+        }  # fmt: skip
         wall = time.perf_counter() - totals.get("seconds", 0.0)
         sums = torch.zeros(3, device=self.device)  # loss, pos_cos, neg_cos since the last flush
 
@@ -310,11 +293,12 @@ class _Trainer:
             step_now = (micro + 1) % cfg.grad_accum == 0 or micro + 1 == n_micro
             no_sync = ranks.world > 1 and not step_now  # accumulate locally; DDP averages on the last one
             with self.net.no_sync() if no_sync else contextlib.nullcontext():
-                loss, stats, n_rows = self.forward(plan, epoch, micro)
+                loss, stats, n_rows, n_targets = self.forward(plan, epoch, micro)
                 (loss / cfg.grad_accum).backward()
             sums += torch.stack([loss.detach(), stats["pos_cos"], stats.get("neg_cos", sums.new_zeros(()))])
             totals["batches"] += 1
             totals["samples"] += n_rows * ranks.world
+            totals["targets"] += n_targets * ranks.world  # approximate under DDP: ranks' windows differ in length
             if step_now:
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -342,39 +326,97 @@ class _Trainer:
         return {
             "epoch": epoch,
             **dict(zip(("loss", "pos_cos", "neg_cos"), means.tolist(), strict=True)),
-            "samples": totals["samples"],
+            "samples": totals["samples"],  # prompts (prefix samples or causal windows)
+            "targets": totals.get("targets", totals["samples"]),  # next items learned from
             "seconds": seconds,
             "samples_per_second": totals["samples"] / max(seconds, 1e-9),
+            "targets_per_second": totals.get("targets", totals["samples"]) / max(seconds, 1e-9),
         }
 
     def forward(
         self, plan: dict[str, np.ndarray], epoch: int, micro: int
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        """Loss, statistics and size of this rank's share of global micro-batch ``micro`` of ``plan``.
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, int]:
+        """Loss, statistics, prompts and targets of this rank's share of global micro-batch ``micro``.
 
-        The wording of the whole global micro-batch is drawn from ``(seed, epoch, micro)``, so every sample
-        gets the same prompt whatever the number of ranks.
+        The wording (and any sampled item) of the whole global micro-batch is drawn from ``(seed, epoch,
+        micro)``, so every prompt gets the same wording whatever the number of ranks.
         """
         size = self.cfg.batch_size
         first = micro * size * self.ranks.world
         every = slice(first, first + size * self.ranks.world)  # the global micro-batch
         mine = slice(self.ranks.rank * size, (self.ranks.rank + 1) * size)  # this rank's part of it
         rng = np.random.default_rng([self.train.seed, epoch, micro])
-        samples = plan["sample"][every]  # (B * world,) sample indices of the global micro-batch
-        histories = histories_for(self.samples, samples, plan["id_only"][every], self.tables["item_codes"], self.cfg)
-        user_codes = self.tables["user_codes"][self.samples.users[samples]]
-        device = self.device
-        encoded = self.encoder.encode(user_codes, histories, "train", rng, self.model.backbone.max_length)
-        batch = select_rows(encoded, mine, 8 if device.type == "cuda" else None, self.encoder.padding_side)
-        rows = samples[mine]  # (B,) this rank's sample indices
-        with autocast(device, self.amp):
-            z = self.net(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (B, d)
-        targets = torch.as_tensor(self.samples.targets[rows], device=device)  # (B,)
-        negatives = torch.as_tensor(plan["negatives"][every][mine], device=device)  # (B, n_neg)
-        loss, stats = item_table_loss(
-            z, targets, negatives, self.item_vectors, self.cfg.margin, self.cfg.in_batch_negatives
+        prompts = plan["sample"][every]  # (B * world,) sample or window indices of the global micro-batch
+        user_codes = self.tables["user_codes"][self.samples.users[prompts]]
+        item_codes = self.tables["item_codes"]
+        device, max_length = self.device, self.model.backbone.max_length
+        multiple = 8 if device.type == "cuda" else None
+        rows = prompts[mine]  # (B,) this rank's prompts
+        negatives = None
+        if self.causal:
+            windows = [self.samples.items(w) for w in prompts]
+            encoded = self.encoder.encode_causal(user_codes, [item_codes[w[:-1]] for w in windows], "train", rng,
+                                                 max_length)  # fmt: skip
+            batch = select_rows(encoded, mine, multiple)
+            targets = np.full(batch["ends"].shape, -1, dtype=np.int64)  # (B, P): the item each position predicts
+            for i, window in enumerate(windows[mine]):
+                start = self.samples.first[rows[i]]
+                targets[i, start : len(window)] = window[start:]
+            chosen = targets >= 0
+            inputs = [batch[k].to(device) for k in ("input_ids", "attention_mask", "blocks", "ends")]
+            with autocast(device, self.amp):
+                z = self.net(*inputs)[torch.as_tensor(chosen, device=device)]  # (N, d), row-major
+            users = np.repeat(self.samples.users[rows], chosen.sum(axis=1))  # (N,)
+            target_items = targets[chosen]  # (N,)
+        else:
+            histories = histories_for(self.samples, prompts, plan["id_only"][every], item_codes)
+            encoded = self.encoder.encode(user_codes, histories, "train", rng, max_length)
+            batch = select_rows(encoded, mine, multiple, self.encoder.padding_side)
+            with autocast(device, self.amp):
+                z = self.net(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (B, d)
+            users, target_items = self.samples.users[rows], self.samples.targets[rows]
+            negatives = plan["negatives"][every][mine]
+        loss, stats = self.loss(z, torch.as_tensor(target_items, device=device), users, rng, negatives)
+        return loss, stats, len(rows), len(target_items)
+
+    def loss(
+        self,
+        z: torch.Tensor,
+        targets: torch.Tensor,
+        users: np.ndarray,
+        rng: np.random.Generator,
+        negatives: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``llm.loss`` of vectors ``z`` ``(N, d)`` for ``targets`` ``(N,)`` of ``users`` ``(N,)``.
+
+        ``negatives`` ``(N, n_neg)`` are the epoch plan's for the hinge loss (sampled training); without them
+        they are drawn here from ``rng``.
+        """
+        cfg, device = self.cfg, self.device
+        if cfg.loss == "hinge":
+            if negatives is None:
+                drawn = self.samples.sampler.sample(np.repeat(users, cfg.num_negatives), rng)
+                negatives = drawn.reshape(len(users), cfg.num_negatives)
+            negatives_t = torch.as_tensor(negatives, device=device)
+            return item_table_loss(
+                z, targets, negatives_t, self.item_vectors, cfg.margin, cfg.in_batch_negatives
+            )
+        if cfg.loss == "softmax":
+            rows, items = self.seen.pairs(users)
+            seen = (rows.to(device), items.to(device))
+            return softmax_loss(z, targets, self.item_vectors, cfg.temperature, self.normalize_items, seen)
+        candidates = rng.choice(len(self.proposal), size=cfg.num_sampled, p=self.proposal)  # (M,)
+        is_seen = self.samples.sampler.is_positive(users[:, None], candidates[None, :])  # (N, M)
+        return sampled_softmax_loss(
+            z,
+            targets,
+            self.item_vectors,
+            torch.as_tensor(candidates, device=device),
+            self.log_q,
+            cfg.temperature,
+            self.normalize_items,
+            torch.as_tensor(is_seen, device=device),
         )
-        return loss, stats, len(rows)
 
     def validate(self, epoch: int) -> dict[str, float]:
         """Validation metrics of the current weights; keeps them when NDCG@20 improves."""
