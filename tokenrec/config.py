@@ -204,8 +204,13 @@ class SasRecConfig:
     eval_every: int = 1  # epochs between validation evaluations
     eval_batch_size: int = 1024  # users scored at once in validation evaluations
     threads: int = 1  # torch CPU threads while training (0 = leave as is); 1 is fastest for this small model
+    loss: str = "softmax"  # softmax: cross-entropy over every item, the user's other training items left out
+    # (the same full-catalogue loss as llm.loss=softmax, so TokenRec is compared with an equally strong
+    # baseline); bce: the SASRec paper's binary cross-entropy on one uniform negative per position
+    # (evaluated as the model sasrec_bce)
 
     def __post_init__(self) -> None:
+        _one_of("sasrec.loss", self.loss, SASREC_LOSSES)
         if self.dim % self.heads:
             raise ConfigError(f"sasrec.dim ({self.dim}) must be a multiple of sasrec.heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
@@ -213,6 +218,9 @@ class SasRecConfig:
         for name in ("layers", "heads", "max_len", "batch_size", "max_epochs", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"sasrec.{name} must be >= 1, got {getattr(self, name)}")
+
+
+SASREC_LOSSES = ("softmax", "bce")
 
 
 def _check_bpr_section(section: str, cfg: Any) -> None:

@@ -93,12 +93,13 @@ def test_sasrec_is_causal_and_ignores_padding() -> None:
     assert model.score_next(seq).shape == (2, 30)
 
 
-def test_sasrec_learns_the_walks(walks: InteractionData) -> None:
-    settings = SasRecConfig(dim=32, layers=1, heads=2, max_len=12, dropout=0.1, lr=3e-3, batch_size=64)
+@pytest.mark.parametrize("loss", ["softmax", "bce"])
+def test_sasrec_learns_the_walks(walks: InteractionData, loss: str) -> None:
+    settings = SasRecConfig(dim=32, layers=1, heads=2, max_len=12, dropout=0.1, lr=3e-3, batch_size=64, loss=loss)
     settings.max_epochs, settings.eval_every, settings.patience = 25, 25, 25
     model = build_sasrec(walks, settings)
     result = train_sasrec(model, walks, settings, TrainConfig(progress=False))
-    assert result.history[-1]["loss"] < result.history[0]["loss"] - 1.0
+    assert result.history[-1]["loss"] < result.history[0]["loss"] - (1.0 if loss == "softmax" else 0.3)
     sasrec = evaluate_split(walks, SequenceRanker(model, walks, settings.max_len), VALID)
     popular = evaluate_split(walks, MostPopular(walks.item_popularity()), VALID)
     assert sasrec["HR@10"] > popular["HR@10"] + 0.3
@@ -124,7 +125,7 @@ def test_train_gnn_and_evaluate_stages_write_the_contract(walks_snapshot: Path, 
             "gnn.dim=16", "gnn.max_epochs=4", "gnn.eval_every=2", "gnn.lr=0.01",
             "mf.dim=16", "mf.max_epochs=4", "mf.eval_every=2",
             "sasrec.dim=16", "sasrec.layers=1", "sasrec.max_epochs=2",
-            "eval.baselines=[mostpop, mf, lightgcn, lightgcn_ego, sasrec, oracle]",
+            "eval.baselines=[mostpop, mf, lightgcn, lightgcn_ego, sasrec, sasrec_bce, oracle]",
         ]
     )  # fmt: skip
     run_dir = tmp_path / "run"
@@ -148,7 +149,7 @@ def test_train_gnn_and_evaluate_stages_write_the_contract(walks_snapshot: Path, 
         evaluate.REGISTRY.pop("oracle")
     doc = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert doc["dataset"] == "synthetic" and doc["protocol"]["ks"] == [10, 20, 30]
-    for name in ("mostpop", "mf", "lightgcn", "lightgcn_ego", "sasrec", "oracle"):
+    for name in ("mostpop", "mf", "lightgcn", "lightgcn_ego", "sasrec", "sasrec_bce", "oracle"):
         assert set(doc[name]) == {"valid", "test"}
         assert set(doc[name]["valid"]) == set(gnn_metrics["valid"])
     assert doc["lightgcn"] == {"valid": gnn_metrics["valid"], "test": gnn_metrics["test"]}

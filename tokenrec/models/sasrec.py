@@ -4,8 +4,8 @@ Scope: the model only (training in :mod:`tokenrec.training.sasrec`). A user's mo
 left-padded with 0, are embedded (item ``j`` is token ``j + 1``), added to learned position embeddings, and
 read by a causal pre-norm transformer; the hidden state at position ``t`` scores every item by a dot product
 with the shared item embedding table, predicting the item at ``t + 1``. Differences from the paper, kept
-plain on purpose: full softmax cross-entropy over all items instead of one sampled negative, GELU, and the
-torch transformer layer.
+plain on purpose: GELU and the torch transformer layer. The loss (full softmax or the paper's binary
+cross-entropy on one sampled negative) is the trainer's choice, :mod:`tokenrec.training.sasrec`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ excluded when scoring validation and training + validation items when scoring te
 
 Models come from :data:`REGISTRY`, a mapping name -> builder ``(cfg, data, run_dir) -> ranker`` where a ranker
 is a :class:`tokenrec.evaluation.ScoreRanker` or :class:`tokenrec.evaluation.TopKRanker`. Built in:
-``mostpop``; ``mf`` and ``sasrec`` (trained here, checkpoints under ``run_dir/eval/<name>/``); ``lightgcn``
+``mostpop``; ``mf``, ``sasrec`` and ``sasrec_bce`` (trained here, checkpoints under ``run_dir/eval/<name>/``;
+``sasrec`` with ``sasrec.loss``, ``sasrec_bce`` with the paper's binary cross-entropy); ``lightgcn``
 (the propagated embeddings of ``run_dir/gnn``) and ``lightgcn_ego`` (its layer-0 tables). Another module adds
 a model with ``@register("tokenrec")`` and lists the name in ``eval.baselines``.
 
@@ -218,14 +219,21 @@ def _mf(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
     return EmbeddingRanker(*model.propagate())
 
 
-@register("sasrec")
-def _sasrec(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
-    seed_everything(cfg.train.seed)
-    model = build_sasrec(data, cfg.sasrec)
-    train_sasrec(
-        model, data, cfg.sasrec, cfg.train, cfg.eval.ks, run_dir / EVAL_DIR / "sasrec", name="sasrec"
-    )
-    return SequenceRanker(model, data, cfg.sasrec.max_len)
+def _sasrec(name: str, loss: str | None) -> RankerBuilder:
+    """SASRec trained with ``loss`` (None: ``sasrec.loss``), checkpoints under ``run_dir/eval/<name>``."""
+
+    def build(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
+        settings = cfg.sasrec if loss is None else dataclasses.replace(cfg.sasrec, loss=loss)
+        seed_everything(cfg.train.seed)
+        model = build_sasrec(data, settings)
+        train_sasrec(model, data, settings, cfg.train, cfg.eval.ks, run_dir / EVAL_DIR / name, name=name)
+        return SequenceRanker(model, data, settings.max_len)
+
+    return build
+
+
+register("sasrec")(_sasrec("sasrec", None))
+register("sasrec_bce")(_sasrec("sasrec_bce", "bce"))  # the SASRec paper's loss, beside the softmax one
 
 
 @register("lightgcn")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,40 +77,10 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     ranks, device = start_distributed(cfg.train.device)
     if ranks.main:
         save_config(cfg, out)
-    data = InteractionData.load(snapshot)
-    item_key = "item_ego" if cfg.gnn.output == "ego" else "item"
-    tables = load_run_tables(run_dir, item_key)
-    check_tables(tables, data, run_dir)
-    levels = int(max(tables["user_codes"].shape[1], tables["item_codes"].shape[1]))
-    manifest_path = run_dir / "tokenizer" / "tokenizer.json"
-    if not manifest_path.is_file():
-        raise InputError(manifest_path, "no complete tokenizer here", "Run `tokenrec train-tokenizer` first.")
-    manifest = read_json(manifest_path)
-    size = max(
-        [int(spec["codebook_size"]) for spec in manifest["entities"].values()]
-        + [int(tables[f"{kind}_codes"].max()) + 1 for kind in ("user", "item")]
-    )
-    codebooks = None
-    if cfg.llm.token_init == "codeword":
-        codebooks = {
-            kind: tokenizer_codebooks(run_dir, kind, levels, size, cfg.train.seed)
-            for kind in ("user", "item")
-        }
-
-    seed_everything(cfg.train.seed)
-    backbone = load_backbone(cfg.llm, backbone_cache_dir(cfg))
-    vocab = add_id_tokens(
-        backbone, levels, size, cfg.llm.token_init, cfg.llm.token_init_noise, cfg.train.seed, codebooks
-    )
-    dim = int(tables["item_vectors"].shape[1])
-    model = LLM4Rec(backbone, dim, cfg.llm.proj_hidden, cfg.llm.proj_dropout)
-    log.info(
-        "train-llm on %s: %s, %d ID tokens, world %d",
-        snapshot,
-        data.summary(),
-        2 * levels * size,
-        ranks.world,
-    )
+    inputs = prepare(cfg, snapshot, run_dir)
+    model, vocab, data, tables = inputs.model, inputs.vocab, inputs.data, inputs.tables
+    item_key, levels, size = inputs.item_key, inputs.levels, inputs.size
+    log.info("train-llm on %s: %s, %d ID tokens, world %d", snapshot, data.summary(), 2 * levels * size, ranks.world)
     user_decoder = load_tokenizer(run_dir / "tokenizer", "user") if cfg.retrieval.user_token_weight else None
     result = train_llm(
         model, vocab, data, tables, cfg.llm, cfg.train, device, cfg.eval.ks, out, ranks, cfg.retrieval, user_decoder
@@ -162,6 +133,56 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         "train_samples_per_second": speed,
         "test": {name: value["test"] for name, value in scores.items()},
     }
+
+
+@dataclass
+class LlmInputs:
+    """What fine-tuning starts from: the fresh model with its ID tokens, the snapshot and the run's tables."""
+
+    model: LLM4Rec
+    vocab: IdVocabulary
+    data: InteractionData
+    tables: dict[str, np.ndarray]  # user_codes (n_users, K), item_codes (n_items, K), item_vectors (n_items, d)
+    item_key: str  # the GNN table the targets come from (item or item_ego)
+    levels: int  # K (a disambiguation level included)
+    size: int  # L, codes per level
+
+
+def prepare(cfg: Config, snapshot: Path, run_dir: Path) -> LlmInputs:
+    """Load the snapshot and the run's GNN and token tables, and build the backbone with its ID tokens.
+
+    Raises:
+        InputError: the GNN or tokenizer outputs are missing or do not match the snapshot.
+    """
+    run_dir = Path(run_dir)
+    data = InteractionData.load(snapshot)
+    item_key = "item_ego" if cfg.gnn.output == "ego" else "item"
+    tables = load_run_tables(run_dir, item_key)
+    check_tables(tables, data, run_dir)
+    levels = int(max(tables["user_codes"].shape[1], tables["item_codes"].shape[1]))
+    manifest_path = run_dir / "tokenizer" / "tokenizer.json"
+    if not manifest_path.is_file():
+        raise InputError(manifest_path, "no complete tokenizer here", "Run `tokenrec train-tokenizer` first.")
+    manifest = read_json(manifest_path)
+    size = max(
+        [int(spec["codebook_size"]) for spec in manifest["entities"].values()]
+        + [int(tables[f"{kind}_codes"].max()) + 1 for kind in ("user", "item")]
+    )
+    codebooks = None
+    if cfg.llm.token_init == "codeword":
+        codebooks = {
+            kind: tokenizer_codebooks(run_dir, kind, levels, size, cfg.train.seed)
+            for kind in ("user", "item")
+        }
+
+    seed_everything(cfg.train.seed)
+    backbone = load_backbone(cfg.llm, backbone_cache_dir(cfg))
+    vocab = add_id_tokens(
+        backbone, levels, size, cfg.llm.token_init, cfg.llm.token_init_noise, cfg.train.seed, codebooks
+    )
+    dim = int(tables["item_vectors"].shape[1])
+    model = LLM4Rec(backbone, dim, cfg.llm.proj_hidden, cfg.llm.proj_dropout)
+    return LlmInputs(model, vocab, data, tables, item_key, levels, size)
 
 
 def start_distributed(preference: str) -> tuple[Ranks, torch.device]:

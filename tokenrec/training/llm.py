@@ -139,11 +139,11 @@ def train_llm(
         retrieval: how validation scores items (default: cosine, as the paper), the same as evaluation's.
         user_decoder: the user tokenizer, needed when ``retrieval.user_token_weight`` > 0.
     """
-    trainer = _Trainer(model, vocab, data, tables, cfg, train, device, ks, out_dir, ranks, retrieval, user_decoder)
+    trainer = LlmTrainer(model, vocab, data, tables, cfg, train, device, ks, out_dir, ranks, retrieval, user_decoder)
     return trainer.fit()
 
 
-class _Trainer:
+class LlmTrainer:
     """The state of one fine-tuning run; see :func:`train_llm`."""
 
     def __init__(

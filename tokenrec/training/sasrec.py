@@ -1,8 +1,10 @@
 """Training and scoring of the SASRec baseline (:mod:`tokenrec.models.sasrec`).
 
 Each epoch visits every user with at least two training items once, in a random order, and teaches the model
-to predict every next item of the user's most recent ``max_len + 1`` training items (softmax cross-entropy
-over all items). Validation predicts the validation item from the training sequence; test predicts the test
+to predict every next item of the user's most recent ``max_len + 1`` training items: ``sasrec.loss: softmax``
+is cross-entropy over all items with the user's other training items left out (as evaluation leaves them out,
+and as LLM4Rec's ``llm.loss: softmax`` does), ``bce`` the SASRec paper's binary cross-entropy on one uniform
+negative per position. Validation predicts the validation item from the training sequence; test predicts the test
 item from training + validation (:class:`SequenceRanker`), so at test time the model sees the validation
 interaction as history, like every sequential model evaluated leave-one-out. Early stopping, history,
 checkpoints and resume come from :func:`tokenrec.training.loop.fit`.
@@ -19,10 +21,11 @@ import torch.nn.functional as F
 
 from tokenrec.config import SasRecConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import evaluate_split
+from tokenrec.evaluation import SeenItems, evaluate_split
 from tokenrec.models.sasrec import PAD, SASRec
 from tokenrec.training.checkpoint import fingerprint
 from tokenrec.training.device import pick_device, seed_everything
+from tokenrec.training.gnn import NegativeSampler
 from tokenrec.training.loop import TrainResult, fit, torch_threads
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,11 @@ def train_sasrec(
     ks = sorted(set(ks) | {20})
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    windows = [s[-(settings.max_len + 1) :] for s in data.train_sequences if len(s) >= 2]
+    kept = [u for u, s in enumerate(data.train_sequences) if len(s) >= 2]
+    windows = [data.train_sequences[u][-(settings.max_len + 1) :] for u in kept]
+    window_users = np.array(kept, dtype=np.int64)  # (U,) the user of each window
+    seen = SeenItems(data, data.VALID)  # softmax: the user's other training items are left out
+    sampler = NegativeSampler(*data.train_pairs, data.n_items)  # bce: negatives outside the training items
     if not windows:
         raise ValueError(f"{name}: no user has two training items; SASRec has nothing to learn from")
     inputs = left_padded([w[:-1] for w in windows], settings.max_len)  # (U, T)
@@ -112,8 +119,21 @@ def train_sasrec(
             nxt = torch.from_numpy(targets[rows, -width:]).to(device)  # (B, T)
             hidden = model(seq)  # (B, T, d)
             real = nxt != PAD
-            logits = model.item_logits(hidden[real])  # (P, n_items)
-            loss = F.cross_entropy(logits, nxt[real] - 1)
+            next_items = nxt[real] - 1  # (P,) the next item of every real position
+            users = np.repeat(window_users[rows], real.sum(dim=1).cpu().numpy())  # (P,)
+            if settings.loss == "bce":
+                negatives = torch.as_tensor(sampler.sample(users, rng), device=device)  # (P,) one per position
+                pos = (hidden[real] * model.item_emb(next_items + 1)).sum(-1)
+                neg = (hidden[real] * model.item_emb(negatives + 1)).sum(-1)
+                loss = F.softplus(-pos).mean() + F.softplus(neg).mean()  # -log s(pos) - log(1 - s(neg))
+            else:
+                logits = model.item_logits(hidden[real])  # (P, n_items)
+                rows_seen, items_seen = seen.pairs(users)
+                other = items_seen != next_items.cpu()[rows_seen]  # the user's other training items
+                logits = logits.index_put(
+                    (rows_seen[other].to(device), items_seen[other].to(device)), logits.new_tensor(float("-inf"))
+                )
+                loss = F.cross_entropy(logits, next_items)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
