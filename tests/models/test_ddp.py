@@ -48,8 +48,8 @@ def setup(batch_size: int) -> tuple[LLM4Rec, object, object, dict[str, np.ndarra
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    cfg = LlmConfig(
-        batch_size=batch_size, max_epochs=2, history_len=4, samples_per_user=2, eval_batch_size=32
+    cfg = LlmConfig(  # fp32: bf16 rounding would differ with the batch split
+        batch_size=batch_size, max_epochs=2, history_len=4, samples_per_user=2, eval_batch_size=32, precision="fp32"
     )
     return model, vocab, data, tables, cfg, TrainConfig(device="cpu", seed=5, progress=False)
 

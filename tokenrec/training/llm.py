@@ -377,6 +377,11 @@ class LlmTrainer:
             users, target_items = self.samples.users[rows], self.samples.targets[rows]
             negatives = plan["negatives"][every][mine]
         loss, stats = self.loss(z, torch.as_tensor(target_items, device=device), users, rng, negatives)
+        if self.causal and self.ranks.world > 1:
+            # DDP averages the ranks' gradients; ranks hold different numbers of targets, so weigh each rank's
+            # mean by its share: the step then follows the mean over the global micro-batch's targets
+            every_target = self.samples.stops[prompts] - self.samples.starts[prompts] - self.samples.first[prompts]
+            loss = loss * (len(target_items) * self.ranks.world / max(1, int(every_target.sum())))
         return loss, stats, len(rows), len(target_items)
 
     def loss(
