@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def spark():
     """One local[2] Spark session for the whole run (a session takes 10-15 s to start here)."""
     from tokenrec.config import SparkConfig
-    from tokenrec.spark import get_spark
+    from tokenrec.data.spark import get_spark
 
     session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g"))
     yield session

@@ -125,7 +125,7 @@ def _snapshot(cfg: Config, ds: str) -> Path:
 def stage_etl(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     from tokenrec.data.etl import run_etl
     from tokenrec.data.loaders import list_source_files
-    from tokenrec.spark import get_spark
+    from tokenrec.data.spark import get_spark
 
     list_source_files(cfg.source.path, schema.parse_ds(args.ds))  # fail fast, before Spark starts
     result = run_etl(get_spark(cfg.spark), cfg, args.ds)
@@ -138,8 +138,8 @@ def stage_etl(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def stage_validate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from tokenrec.spark import get_spark
-    from tokenrec.validation import validate_interactions
+    from tokenrec.data.spark import get_spark
+    from tokenrec.gates.expectations import validate_interactions
 
     return validate_interactions(get_spark(cfg.spark), cfg, args.ds)
 
@@ -150,7 +150,7 @@ def _task(module: str, stage: str, folder: str) -> Callable[[Config, argparse.Na
     def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         import importlib
 
-        from tokenrec.tracking import failing_retrain, log_stage
+        from tokenrec.mlops.tracking import failing_retrain, log_stage
 
         task = importlib.import_module(f"tokenrec.tasks.{module}")
         snapshot, run_dir = _snapshot(cfg, args.ds), _run_dir(cfg, args)
@@ -180,13 +180,13 @@ PIPELINE = RETRAIN + NIGHTLY[2:]
 
 
 def stage_show(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from tokenrec.show import show
+    from tokenrec.reporting.show import show
 
     return {"text": show(cfg, args.ds)}
 
 
 def stage_report(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from tokenrec.report import write_report
+    from tokenrec.reporting.report import write_report
 
     return write_report(cfg, args.ds)
 
@@ -229,7 +229,7 @@ HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
 
 def registry_main(command: str, argv: list[str]) -> int:
     """``tokenrec models`` and ``tokenrec rollback``: the registry without a logical date."""
-    from tokenrec import registry
+    from tokenrec.mlops import registry
 
     parser = argparse.ArgumentParser(prog=f"tokenrec {command}", description=OTHER_COMMANDS[command])
     _add_config_arguments(parser)
@@ -254,7 +254,7 @@ def registry_main(command: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sql"]:
-        from tokenrec.analytics import main as sql_main
+        from tokenrec.reporting.analytics import main as sql_main
 
         return sql_main(argv[1:])
     if argv[:1] in (["models"], ["rollback"]):

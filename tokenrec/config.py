@@ -310,7 +310,7 @@ PROMPT_VARIANTS = ("full", "id_only", "unseen_prompt")  # history prompt, ID-onl
 class LlmConfig:
     """The LLM backbone of LLM4Rec, its ID-token vocabulary and its prompts (PAPER.md section 2).
 
-    Loading, pooling and the vocabulary: :mod:`tokenrec.backbone`; templates: :mod:`tokenrec.prompts`.
+    Loading, pooling and the vocabulary: :mod:`tokenrec.llm.backbone`; templates: :mod:`tokenrec.llm.prompts`.
     """
 
     backbone: str = "minilm"  # minilm | smollm2 (offline, from installed packages) | tiny-bert, tiny-llama,
@@ -422,7 +422,7 @@ INDEX_KINDS = ("flat", "ivf", "hnsw")
 
 @dataclass
 class RetrievalConfig:
-    """Generative retrieval: cosine top-K over item embeddings in a faiss index (tokenrec/retrieval.py)."""
+    """Generative retrieval: cosine top-K over item embeddings in a faiss index (tokenrec/serving/retrieval.py)."""
 
     index: str = "flat"  # flat (exact, IndexFlatIP), ivf (IndexIVFFlat), hnsw (IndexHNSWFlat): approximate
     # kinds trade recall for speed on large catalogs
@@ -456,7 +456,7 @@ INFERENCE_ENGINES = ("local", "spark")
 
 @dataclass
 class InferenceConfig:
-    """Nightly batch inference (tokenrec/inference.py) and its output gate (validate_recommendations)."""
+    """Nightly batch inference (tokenrec/serving/recommender.py) and its output gate (validate_recommendations)."""
 
     topk: int = 100  # K, recommendations per user (fewer only for a user with fewer unseen items)
     user_batch_size: int = 512  # users per streamed batch: prompts, forward passes, retrieval, one row group
@@ -498,7 +498,7 @@ class InferenceConfig:
 
 @dataclass
 class MlflowConfig:
-    """MLflow tracking, the model registry and the promotion gate (:mod:`tokenrec.registry`).
+    """MLflow tracking, the model registry and the promotion gate (:mod:`tokenrec.mlops.registry`).
 
     Empty locations mean local files under ``paths.home``; a deployment points ``tracking_uri`` at a tracking
     server (or sets ``MLFLOW_TRACKING_URI``) and ``artifact_location`` at an object store.

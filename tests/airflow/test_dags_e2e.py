@@ -227,7 +227,7 @@ def backfill(deployment: Deployment) -> dict[str, Run]:
 
 
 def test_retrain_runs_every_task_in_its_pool_and_registers_a_champion(deployment: Deployment):
-    from tokenrec import registry
+    from tokenrec.mlops import registry
 
     assert_succeeded(deployment.retrain, RETRAIN)
     for task, (_, tries, pool) in deployment.retrain.tasks.items():

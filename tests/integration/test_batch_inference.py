@@ -27,12 +27,13 @@ from tests.integration.test_packaging import (
     user_id,
     write_metrics,
 )
-from tokenrec import registry, schema
+from tokenrec import schema
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import DataValidationError, PublishError
+from tokenrec.llm.scorer import TokenRecScorer
+from tokenrec.mlops import registry
 from tokenrec.storage import current_version, read_manifest, staged_version
 from tokenrec.tasks import batch_inference, promote, publish, register, validate_recommendations
-from tokenrec.tokenrec_scorer import TokenRecScorer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""The packaged TokenRec model (tokenrec/packaging.py) on real MLflow: register, promote, load, predict, R11.
+"""The packaged TokenRec model (tokenrec/mlops/packaging.py) on real MLflow: register, promote, load, predict, R11.
 
 A tiny but complete retrain is built per module: a published interactions snapshot with ID maps,
 cluster-shaped GNN embeddings, trained tokenizers (train-tokenizer), a tiny random backbone with the ID tokens
@@ -24,17 +24,18 @@ import torch
 from safetensors.torch import save_file
 
 from tests.models.conftest import make_walks, write_snapshot
-from tokenrec import packaging, registry, schema
-from tokenrec.backbone import add_id_tokens, tiny_backbone
+from tokenrec import schema
 from tokenrec.config import Config, load_config
 from tokenrec.data.id_maps import append_ids
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
+from tokenrec.llm.backbone import add_id_tokens, tiny_backbone
+from tokenrec.llm.scorer import TokenRecScorer
+from tokenrec.mlops import packaging, registry
 from tokenrec.models.llm4rec import LLM4Rec
 from tokenrec.storage import atomic_write_json, publish_partition
 from tokenrec.tasks import promote, register, train_tokenizer
 from tokenrec.tasks.train_llm import save_model
-from tokenrec.tokenrec_scorer import TokenRecScorer
 
 pytestmark = pytest.mark.integration
 

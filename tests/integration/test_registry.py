@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenrec import cli, registry, tracking
+from tokenrec import cli
 from tokenrec.config import Config, MlflowConfig, PathsConfig
 from tokenrec.errors import ConfigError
+from tokenrec.mlops import registry, tracking
 from tokenrec.tasks import promote as promote_task
 
 pytestmark = pytest.mark.integration
@@ -70,7 +71,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def logged_uri(store: Config, model_files: dict[str, Path]) -> str:
     """A pyfunc logged into a ``package`` child run of the retrain (weights w1)."""
-    import mlflow  # after tokenrec.registry, which turns MLflow's telemetry off before the first import
+    import mlflow  # after tokenrec.mlops.registry, which turns MLflow's telemetry off before the first import
 
     with tracking.stage_run(store, RETRAIN, "package", SNAPSHOT):
         info = mlflow.pyfunc.log_model(

@@ -1,4 +1,4 @@
-"""The nightly HTML report (tokenrec/report.py) on a real retrain, registry and nightly run, seen in Chromium.
+"""The nightly HTML report (tokenrec/reporting/report.py) on a real retrain, registry and nightly run, seen in Chromium.
 
 A tiny retrain (tests/integration/test_packaging.py's world) is registered twice: version 1 becomes champion,
 version 2 (better validation metrics) is promoted over it. The nightly chain for D then publishes the output
@@ -26,10 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.integration.test_packaging import DS, SETTINGS, World, build_world, write_metrics
-from tokenrec import cli, registry, report, schema
+from tokenrec import cli, schema
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import PublishError
+from tokenrec.mlops import registry
+from tokenrec.reporting import report
 from tokenrec.storage import atomic_write_json, current_version, read_json, read_manifest, staged_version
 from tokenrec.tasks import batch_inference, promote, publish, register, validate_recommendations
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tokenrec import plots, tracking
 from tokenrec.config import Config, PathsConfig, SparkConfig
+from tokenrec.mlops import plots, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def test_stages_from_separate_processes_share_one_parent(cfg: Config, client, tm
     gnn = tracking.log_stage(cfg, RETRAIN, "train-gnn", write_gnn_dir(tmp_path / "gnn"), SNAPSHOT)
     tok_dir = write_tokenizer_dir(tmp_path / "tokenizer")
     script = textwrap.dedent(f"""
-        from tokenrec import tracking
+        from tokenrec.mlops import tracking
         from tokenrec.config import Config, PathsConfig
         cfg = Config(paths=PathsConfig(home={cfg.paths.home!r}))
         cfg.mlflow.tracking_uri = {cfg.mlflow.tracking_uri!r}

@@ -1,4 +1,4 @@
-"""LLM backbone (tokenrec/backbone.py): pooling by hand, tiny models of each kind, ID tokens, loading."""
+"""LLM backbone (tokenrec/llm/backbone.py): pooling by hand, tiny models of each kind, ID tokens, loading."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 
-from tokenrec.backbone import (
+from tokenrec.config import Config, LlmConfig, PathsConfig
+from tokenrec.errors import ConfigError
+from tokenrec.llm.backbone import (
     MINILM_PACKAGE,
     SMOLLM2_PACKAGE,
     TINY_BACKBONES,
@@ -21,9 +23,7 @@ from tokenrec.backbone import (
     pool_hidden_states,
     tiny_backbone,
 )
-from tokenrec.config import Config, LlmConfig, PathsConfig
-from tokenrec.errors import ConfigError
-from tokenrec.prompts import PromptEncoder, build_prompts, id_token_strings, tokenize_prompts
+from tokenrec.llm.prompts import PromptEncoder, build_prompts, id_token_strings, tokenize_prompts
 
 STATES = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # (B=2, T=4, H=3)
 

@@ -13,7 +13,7 @@ import torch
 from tokenrec.config import MfConfig, SasRecConfig, TrainConfig, load_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError
-from tokenrec.evaluation import EmbeddingRanker, SeenItems, evaluate_split
+from tokenrec.evaluation.protocol import EmbeddingRanker, SeenItems, evaluate_split
 from tokenrec.models.mf import MatrixFactorization
 from tokenrec.models.mostpop import MostPopular
 from tokenrec.models.sasrec import SASRec

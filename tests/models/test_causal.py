@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenrec.backbone import add_id_tokens, block_causal_mask, tiny_backbone
 from tokenrec.data.interactions import InteractionData
+from tokenrec.llm.backbone import add_id_tokens, block_causal_mask, tiny_backbone
+from tokenrec.llm.prompts import PromptEncoder, build_prompts
+from tokenrec.llm.scorer import TokenRecScorer
 from tokenrec.models.llm4rec import LLM4Rec, sampled_softmax_loss, softmax_loss
-from tokenrec.prompts import PromptEncoder, build_prompts
-from tokenrec.tokenrec_scorer import TokenRecScorer
 from tokenrec.training.llm_samples import CausalWindows, bucketed
 
 pytestmark = pytest.mark.unit

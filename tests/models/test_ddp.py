@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:  # run as a script by torchrun
     sys.path.insert(0, str(REPO))
 
 from tests.models.conftest import make_walks  # noqa: E402
-from tokenrec.backbone import add_id_tokens, tiny_backbone  # noqa: E402
 from tokenrec.config import LlmConfig, TrainConfig  # noqa: E402
+from tokenrec.llm.backbone import add_id_tokens, tiny_backbone  # noqa: E402
 from tokenrec.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec.training.llm import Ranks, train_llm  # noqa: E402
 

@@ -8,7 +8,7 @@ import torch
 
 from tokenrec.config import GnnConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import EmbeddingRanker, evaluate_split
+from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
 from tokenrec.models.lightgcn import GraphOperator, LightGCN, normalized_adjacency
 from tokenrec.models.mostpop import MostPopular
 from tokenrec.training.gnn import NegativeSampler, bpr_loss, train_bpr

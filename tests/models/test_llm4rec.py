@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenrec.backbone import TINY_BACKBONES, add_id_tokens, tiny_backbone
+from tokenrec.llm.backbone import TINY_BACKBONES, add_id_tokens, tiny_backbone
+from tokenrec.llm.prompts import build_prompts, tokenize_prompts
 from tokenrec.models.llm4rec import IdTokenEmbedding, LLM4Rec, cosine_to, generative_retrieval_loss
-from tokenrec.prompts import build_prompts, tokenize_prompts
 
 pytestmark = pytest.mark.unit
 

@@ -11,18 +11,18 @@ import torch
 from safetensors.torch import save_file
 
 from tests.models.conftest import make_walks, write_snapshot
-from tokenrec.backbone import add_id_tokens, tiny_backbone
 from tokenrec.config import Config, LlmConfig, TrainConfig, load_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
-from tokenrec.evaluation import evaluate_valid_test
+from tokenrec.evaluation.protocol import evaluate_valid_test
+from tokenrec.llm.backbone import add_id_tokens, tiny_backbone
+from tokenrec.llm.prompts import entity_text
+from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer, load_run_tables
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
-from tokenrec.prompts import entity_text
-from tokenrec.retrieval import normalize_rows
+from tokenrec.serving.retrieval import normalize_rows
 from tokenrec.tasks import evaluate, train_tokenizer
 from tokenrec.tasks import train_llm as stage
 from tokenrec.tasks.train_tokenizer import load_tokenizer
-from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, load_run_tables
 from tokenrec.training.llm import prompts_for, train_llm
 from tokenrec.training.llm_samples import PrefixSamples
 

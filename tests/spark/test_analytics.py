@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenrec import analytics, report, schema
+from tokenrec import schema
 from tokenrec.data.id_maps import append_ids, read_id_map
 from tokenrec.data.interactions import InteractionData
+from tokenrec.reporting import analytics, report
 from tokenrec.storage import publish_partition
 
 pytestmark = pytest.mark.spark
@@ -304,7 +305,7 @@ def test_cli_main_runs_a_query_and_reports_errors(spark, views, lake, capsys, ho
 
 
 def test_the_nightly_report_counts_as_the_queries_do(spark, views, lake):
-    """tokenrec.report's coverage and popular share are fct_catalog_coverage_daily's and fct_popular_share's."""
+    """tokenrec.reporting.report's coverage and popular share are fct_catalog_coverage_daily's and fct_popular_share's."""
     users, items = _id_map_idx(USERS), _id_map_idx(ITEMS)
     snapshot = pq.read_table(lake.interactions(D2), schema=schema.INTERACTIONS)
     data = InteractionData.from_table(snapshot, len(users), len(items))

@@ -11,8 +11,8 @@ import pytest
 from tokenrec import schema
 from tokenrec.config import load_config
 from tokenrec.errors import DataValidationError, InputError
+from tokenrec.gates.expectations import validate_interactions
 from tokenrec.storage import current_version, publish_partition, stage_partition, staged_version
-from tokenrec.validation import validate_interactions
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
 

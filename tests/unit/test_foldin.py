@@ -1,4 +1,4 @@
-"""Fold-in of users and items new since training (tokenrec/foldin.py), against a slow, obvious reference."""
+"""Fold-in of users and items new since training (tokenrec/serving/foldin.py), against a slow, obvious reference."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tokenrec.config import TokenizerConfig
-from tokenrec.foldin import extend_codes, fold_in
 from tokenrec.models.quantizer import build_tokenizer, disambiguate
+from tokenrec.serving.foldin import extend_codes, fold_in
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""HR@K / NDCG@K against hand-computed values, limit cases and a brute-force sort (tokenrec.metrics)."""
+"""HR@K / NDCG@K against hand-computed values, limit cases and a brute-force sort (tokenrec.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokenrec import metrics
+from tokenrec.evaluation import metrics
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from tokenrec.registry import Decision, gate_decision
+from tokenrec.mlops.registry import Decision, gate_decision
 
 pytestmark = pytest.mark.unit
 

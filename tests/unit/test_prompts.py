@@ -1,4 +1,4 @@
-"""Prompts and ID token strings (tokenrec/prompts.py), tokenized with a tiny in-code tokenizer."""
+"""Prompts and ID token strings (tokenrec/llm/prompts.py), tokenized with a tiny in-code tokenizer."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokenrec.backbone import add_id_tokens, tiny_backbone
 from tokenrec.errors import ConfigError
-from tokenrec.prompts import (
+from tokenrec.llm.backbone import add_id_tokens, tiny_backbone
+from tokenrec.llm.prompts import (
     HISTORY_TEMPLATES,
     HISTORY_UNSEEN_TEMPLATE,
     ID_ONLY_TEMPLATES,

@@ -1,4 +1,4 @@
-"""Generative retrieval (tokenrec/retrieval.py): R8 of RELIABILITY.md, exact and deterministic top-K."""
+"""Generative retrieval (tokenrec/serving/retrieval.py): R8 of RELIABILITY.md, exact and deterministic top-K."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokenrec.config import RetrievalConfig
-from tokenrec.retrieval import ItemIndex, normalize_rows
+from tokenrec.serving.retrieval import ItemIndex, normalize_rows
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ from tokenrec.bench.machine import write_result
 from tokenrec.config import load_config
 from tokenrec.data.datasets import preset
 from tokenrec.data.etl import run_etl
-from tokenrec.spark import get_spark
-from tokenrec.validation import validate_interactions
+from tokenrec.data.spark import get_spark
+from tokenrec.gates.expectations import validate_interactions
 
 DS = "2026-11-27"
 

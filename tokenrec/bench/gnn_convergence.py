@@ -29,7 +29,7 @@ import numpy as np
 from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import EmbeddingRanker, evaluate_split
+from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
 from tokenrec.tasks.train_gnn import build_lightgcn
 from tokenrec.training.device import seed_everything
 from tokenrec.training.gnn import train_bpr

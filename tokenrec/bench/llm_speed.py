@@ -3,9 +3,9 @@
     python -m tokenrec.bench.llm_speed --backbones minilm smollm2 --name speed-llm-cpu
 
 Inference is what batch inference and evaluation do per user: assemble the prompt's token ids (the same ids as
-tokenizing the prompt string, :class:`tokenrec.prompts.PromptEncoder`) with dynamic padding,
+tokenizing the prompt string, :class:`tokenrec.llm.prompts.PromptEncoder`) with dynamic padding,
 one forward pass of the backbone, the projection, and the exact cosine top-K search over the item index with the
-user's seen items excluded (:meth:`tokenrec.tokenrec_scorer.TokenRecScorer.recommend`). Throughput does not depend
+user's seen items excluded (:meth:`tokenrec.llm.scorer.TokenRecScorer.recommend`). Throughput does not depend
 on trained weights, so the model is the backbone with the K * L user and item ID tokens added and a fresh
 projection; users, histories and token tables are synthetic with the sizes of the paper's data sets (2,000 users,
 H most recent items each from a 4,000-item catalog, K = 3, L = 256). Each configuration is timed over
@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenrec.backbone import add_id_tokens, load_backbone
 from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
+from tokenrec.llm.backbone import add_id_tokens, load_backbone
+from tokenrec.llm.prompts import PromptEncoder, history_codes
+from tokenrec.llm.scorer import TokenRecScorer
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
-from tokenrec.prompts import PromptEncoder, history_codes
-from tokenrec.tokenrec_scorer import TokenRecScorer
 from tokenrec.training.device import pick_device
 
 K, L, N_ITEMS, DIM = 3, 256, 4000, 64

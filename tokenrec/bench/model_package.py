@@ -14,8 +14,8 @@ trained): size and load time depend on the shapes, not on the values, and the re
 
 Per backbone, into the MLflow store of ``TOKENREC_HOME`` under the registered model
 ``<mlflow.registered_model>-bench-<backbone>`` (aliases of the real model are never touched):
-``bundle_s`` (copy and check the run's files, :func:`tokenrec.packaging.build_bundle`), ``log_s``
-(:func:`tokenrec.packaging.log_model` into a ``package`` run; MLflow also loads the model once there to
+``bundle_s`` (copy and check the run's files, :func:`tokenrec.mlops.packaging.build_bundle`), ``log_s``
+(:func:`tokenrec.mlops.packaging.log_model` into a ``package`` run; MLflow also loads the model once there to
 check the input example), ``register_s``; the logged model's bytes on disk, in total and per artifact; then
 ``--repeats`` fresh Python processes that each import MLflow and tokenrec (``import_s``), load
 ``models:/<name>/<version>`` (``load_s``: download from the artifact store, tokenizer-hash check, backbone
@@ -39,11 +39,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenrec import packaging, registry, schema, tracking
+from tokenrec import schema
 from tokenrec.bench.machine import write_result
 from tokenrec.cli import _merge, profile
 from tokenrec.config import Config, load_config
 from tokenrec.data.datasets import preset
+from tokenrec.mlops import packaging, registry, tracking
 from tokenrec.storage import read_json
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ LOAD_SCRIPT = """
 import json, sys, time
 clock = [(time.perf_counter(), time.process_time())]
 import mlflow, pandas as pd
-import tokenrec.packaging
+import tokenrec.mlops.packaging
 clock.append((time.perf_counter(), time.process_time()))
 model = mlflow.pyfunc.load_model(sys.argv[1])
 clock.append((time.perf_counter(), time.process_time()))
@@ -72,7 +73,7 @@ def llm_for(cfg: Config, run_dir: Path, backbone: str, work: Path) -> tuple[Path
         return run_dir, "trained (the run's own llm/)"
     import torch
 
-    from tokenrec.backbone import add_id_tokens, backbone_cache_dir, load_backbone
+    from tokenrec.llm.backbone import add_id_tokens, backbone_cache_dir, load_backbone
     from tokenrec.models.llm4rec import LLM4Rec
     from tokenrec.tasks.train_llm import save_model
 
@@ -111,7 +112,7 @@ def measure(cfg: Config, ds: str, run_dir: Path, backbone: str, repeats: int, wo
             cfg.mlflow, registered_model=f"{cfg.mlflow.registered_model}-bench-{backbone}"
         ),
     )
-    from tokenrec.backbone import backbone_cache_dir
+    from tokenrec.llm.backbone import backbone_cache_dir
 
     converts = backbone == "smollm2" and not (backbone_cache_dir(cfg) / backbone / "config.json").is_file()
     started = time.perf_counter()

@@ -5,7 +5,7 @@
         --run-dir var/bench/lastfm/runs/quality-bench-cpu
 
 For one run folder (``gnn/``, ``tokenizer/``, ``llm/``) it scores, on validation and on test, with every seen
-item excluded (the evaluation protocol of :mod:`tokenrec.evaluation`):
+item excluded (the evaluation protocol of :mod:`tokenrec.evaluation.protocol`):
 
 * ``lightgcn``: the user's LightGCN vector . item vectors (the baseline itself);
 * ``lightgcn_cosine``: the same user vector against *normalised* item vectors (TokenRec's retrieval metric);
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from tokenrec.bench.machine import add_run_arguments, write_result
 from tokenrec.cli import build_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import EmbeddingRanker, evaluate_split
+from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
+from tokenrec.llm.scorer import TokenRecScorer
 from tokenrec.tasks.train_tokenizer import load_gnn_embeddings, load_tokenizer
-from tokenrec.tokenrec_scorer import TokenRecScorer
 
 MIX_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 NORM_POWERS = (0.5, 1.5, 2.0)

@@ -5,7 +5,7 @@
 
 A random ``--share`` of the users (seeded) is removed from a copy of the snapshot; LightGCN, the MQ-Tokenizers
 and LLM4Rec are trained on the rest with the pipeline's own stages. The held-out users are then served exactly
-as batch inference serves a user who is new since the last retrain (:mod:`tokenrec.foldin`): one LightGCN
+as batch inference serves a user who is new since the last retrain (:mod:`tokenrec.serving.foldin`): one LightGCN
 propagation step from their training interactions into the frozen item table gives their embedding, the frozen
 user tokenizer gives their tokens, and nothing is retrained. Both groups are scored on the same validation and
 test targets with the usual protocol (full ranking, seen items excluded): LightGCN with the folded-in user
@@ -33,12 +33,12 @@ from tokenrec import schema
 from tokenrec.bench.machine import add_run_arguments, write_result
 from tokenrec.cli import build_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import EmbeddingRanker, evaluate_valid_test
-from tokenrec.foldin import extend_codes, fold_in
+from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_valid_test
+from tokenrec.llm.scorer import EVAL_MODELS, TokenRecRanker, TokenRecScorer
+from tokenrec.serving.foldin import extend_codes, fold_in
 from tokenrec.storage import atomic_write_json, read_json, read_manifest
 from tokenrec.tasks import train_gnn, train_llm, train_tokenizer
 from tokenrec.tasks.train_tokenizer import load_tokenizer
-from tokenrec.tokenrec_scorer import EVAL_MODELS, TokenRecRanker, TokenRecScorer
 
 log = logging.getLogger(__name__)
 SPLIT_STRINGS = {InteractionData.TRAIN: schema.SPLIT_TRAIN, InteractionData.VALID: schema.SPLIT_VALID,

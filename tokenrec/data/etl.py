@@ -8,7 +8,7 @@ Steps (SQL in ``sql/etl/``, dbt style):
   5. ``int_new_ids``: append new raw ids to the stable ID maps;
   6. ``fct_interactions`` (leave-one-out) or ``fct_interactions_global_time``: indices and the split.
 The snapshot is *staged* (:func:`tokenrec.storage.stage_partition`): readers keep seeing the published
-snapshot of that date, if any, until the Great Expectations gate (:func:`tokenrec.validation.validate_interactions`)
+snapshot of that date, if any, until the Great Expectations gate (:func:`tokenrec.gates.expectations.validate_interactions`)
 passes on the staged rows and publishes them atomically. A snapshot that fails the gate is never published, so
 a bad rerun of a date loses nothing. The quarantine is published at once (it is what a person reads to see why
 a run failed). Running a date twice gives the same rows and touches no other date. Nothing is staged when the
@@ -32,7 +32,7 @@ from tokenrec.config import Config, config_yaml
 from tokenrec.data.id_maps import append_ids, read_id_map
 from tokenrec.data.loaders import load_source
 from tokenrec.errors import ConfigError, InputError
-from tokenrec.sql import run_sql
+from tokenrec.reporting.sql import run_sql
 from tokenrec.storage import publish_partition, read_manifest, stage_partition, swap_partition
 
 if TYPE_CHECKING:

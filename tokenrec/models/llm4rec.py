@@ -2,7 +2,7 @@
 
 A prompt written with the users' and items' ID tokens goes through the LLM backbone, whose pooled hidden state
 ``h_i`` is projected by an MLP into the LightGCN space, ``z_i = Proj(h_i)`` in R^d. Items are then scored by
-``y_ij = cos(z_i, q_j)`` against the frozen GNN item embeddings ``q_j`` (retrieval: :mod:`tokenrec.retrieval`).
+``y_ij = cos(z_i, q_j)`` against the frozen GNN item embeddings ``q_j`` (retrieval: :mod:`tokenrec.serving.retrieval`).
 The training objective per (user, item, lambda) is
 
     lambda = +1 (the observed next item):   1 - cos(z_i, q_j)
@@ -14,7 +14,7 @@ exactly the paper's sum), then mean over the batch.
 Scope: the model (backbone -> pooled state -> projection), the loss, and :class:`IdTokenEmbedding`, which
 holds the new ID-token rows of the input embeddings as their own parameter during training so that they can
 learn at a higher rate than the pretrained vocabulary. Loading, pooling and adding the ID tokens are in
-:mod:`tokenrec.backbone`; no I/O here.
+:mod:`tokenrec.llm.backbone`; no I/O here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenrec.backbone import Backbone, IdVocabulary
+from tokenrec.llm.backbone import Backbone, IdVocabulary
 
 
 class ProjectionHead(nn.Module):
@@ -73,7 +73,7 @@ class LLM4Rec(nn.Module):
     """Backbone + projection: tokenized prompts ``(B, T)`` -> preference vectors ``z`` ``(B, d)``.
 
     Args:
-        backbone: the text model with the ID tokens already added (:func:`tokenrec.backbone.add_id_tokens`).
+        backbone: the text model with the ID tokens already added (:func:`tokenrec.llm.backbone.add_id_tokens`).
         out_dim: d, the size of the GNN item embeddings that ``z`` is compared with.
         proj_hidden: hidden width of the projection MLP.
         proj_dropout: dropout inside the projection MLP (training only).
@@ -96,7 +96,7 @@ class LLM4Rec(nn.Module):
 
         Args:
             input_ids, attention_mask: ``(B, T)`` tokenized prompts.
-            blocks, ends: for prompts in the causal layout (:meth:`tokenrec.prompts.PromptEncoder.encode_causal`):
+            blocks, ends: for prompts in the causal layout (:meth:`tokenrec.llm.prompts.PromptEncoder.encode_causal`):
                 block ids ``(B, T)`` and the last token ``(B, P)`` of each position to read.
         """
         if blocks is None or ends is None:
@@ -215,7 +215,7 @@ def retrieval_logits(
     """Scores ``(N, M)`` of vectors ``z`` ``(N, d)`` against ``items`` ``(M, d)``, divided by ``temperature``.
 
     The unit preference vector against unit item vectors (cosine, the paper's retrieval) or, with
-    ``normalize_items`` false, against the raw item vectors: the same order :mod:`tokenrec.retrieval` ranks by.
+    ``normalize_items`` false, against the raw item vectors: the same order :mod:`tokenrec.serving.retrieval` ranks by.
     """
     q = F.normalize(items, dim=-1) if normalize_items else items
     return F.normalize(z, dim=-1) @ q.T / temperature  # (N, M)

@@ -1,7 +1,7 @@
 """Most-popular baseline: every user gets the items with the most training interactions.
 
 Scope: scoring only. It is the floor every personalised model must clear (PAPER.md section 5 asks for it
-next to every TokenRec result). Ties go to the lower item index, like every ranking in :mod:`tokenrec.metrics`.
+next to every TokenRec result). Ties go to the lower item index, like every ranking in :mod:`tokenrec.evaluation.metrics`.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ No champion, or a version whose tokenizer hash differs from its registry tag, fa
 message. Rows depend on the inputs only: ``generated_at`` is the logical date at 00:00 UTC, never the clock.
 
 Engines (``inference.engine``): ``local`` streams the users through this process in batches
-(:func:`tokenrec.inference.write_recommendations`); ``spark`` spreads the same batches over Spark executors
-(:mod:`tokenrec.inference_spark`). Fold-in runs once, here, for both, and both write the same rows.
+(:func:`tokenrec.serving.recommender.write_recommendations`); ``spark`` spreads the same batches over Spark executors
+(:mod:`tokenrec.serving.spark_engine`). Fold-in runs once, here, for both, and both write the same rows.
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tokenrec import packaging, registry, schema
+from tokenrec import schema
 from tokenrec.config import Config
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
-from tokenrec.inference import OutputMeta, Recommender, fold_in_bundle, torch_threads, write_recommendations
+from tokenrec.mlops import packaging, registry
+from tokenrec.serving.recommender import (
+    OutputMeta,
+    Recommender,
+    fold_in_bundle,
+    torch_threads,
+    write_recommendations,
+)
 from tokenrec.storage import current_version, is_published, read_json, stage_partition, staged_version
 
 log = logging.getLogger(__name__)
@@ -59,8 +66,8 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
 
     Raises:
         InputError: the snapshot is not published, or the ID maps disagree with the model's.
-        tokenrec.registry.RegistryError: no version holds the alias (no champion yet).
-        tokenrec.packaging.ModelIntegrityError: the model's tokenizer differs from its registered hash.
+        tokenrec.mlops.registry.RegistryError: no version holds the alias (no champion yet).
+        tokenrec.mlops.packaging.ModelIntegrityError: the model's tokenizer differs from its registered hash.
     """
     del run_dir
     started = time.perf_counter()
@@ -89,7 +96,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
     def write(folder: Path) -> None:
         folder.mkdir(parents=True)
         if engine == "spark":
-            from tokenrec.inference_spark import SparkInference
+            from tokenrec.serving.spark_engine import SparkInference
 
             job = SparkInference(target, model.tokenizer_hash, cfg, meta)
             counts.update(job.write(folder, tables, data, user_ids, item_ids))

@@ -8,7 +8,7 @@ excluded when scoring validation and training + validation items when scoring te
      "dataset": "ml100k", "protocol": {...}}
 
 Models come from :data:`REGISTRY`, a mapping name -> builder ``(cfg, data, run_dir) -> ranker`` where a ranker
-is a :class:`tokenrec.evaluation.ScoreRanker` or :class:`tokenrec.evaluation.TopKRanker`. Built in:
+is a :class:`tokenrec.evaluation.protocol.ScoreRanker` or :class:`tokenrec.evaluation.protocol.TopKRanker`. Built in:
 ``mostpop``; ``mf``, ``sasrec`` and ``sasrec_bce`` (trained here, checkpoints under ``run_dir/eval/<name>/``;
 ``sasrec`` with ``sasrec.loss``, ``sasrec_bce`` with the paper's binary cross-entropy); ``lightgcn``
 (the propagated embeddings of ``run_dir/gnn``) and ``lightgcn_ego`` (its layer-0 tables). Another module adds
@@ -21,7 +21,7 @@ R11) and served as the nightly run serves it (:class:`ChampionRanker`), on this 
 test split with the same exclusions. Users and items it does not know are folded in from the snapshot's
 *training* interactions, the ones this retrain trained on, so no validation or test interaction leaks into
 either model. ``promote`` compares the new model with these numbers, not with the ones the champion got on
-its own, older split (:mod:`tokenrec.registry`). Without a champion the entry has ``"version": null``; when
+its own, older split (:mod:`tokenrec.mlops.registry`). Without a champion the entry has ``"version": null``; when
 it cannot be scored (ID maps that changed, a tokenizer that drifted) it has ``"error"`` and the gate fails.
 """
 
@@ -38,10 +38,10 @@ import numpy as np
 from tokenrec.config import Config, save_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError, TokenrecError
-from tokenrec.evaluation import EmbeddingRanker, ScoreRanker, TopKRanker, evaluate_valid_test
+from tokenrec.evaluation.protocol import EmbeddingRanker, ScoreRanker, TopKRanker, evaluate_valid_test
+from tokenrec.mlops.registry import CHAMPION_ENTRY
 from tokenrec.models.mf import MatrixFactorization
 from tokenrec.models.mostpop import MostPopular
-from tokenrec.registry import CHAMPION_ENTRY
 from tokenrec.storage import atomic_write_json
 from tokenrec.tasks import train_gnn
 from tokenrec.tasks.train_gnn import load_embeddings
@@ -130,7 +130,7 @@ def score_champion(cfg: Config, data: InteractionData) -> dict[str, Any]:
     ``{..., "version", "error"}`` when it cannot be scored, else ``{"name", "version", "trained_on",
     "valid", "test", "fold_in"}``.
     """
-    from tokenrec import registry, tracking
+    from tokenrec.mlops import registry, tracking
 
     entry: dict[str, Any] = {"name": cfg.mlflow.registered_model, "version": None}
     if not tracking.store_exists(cfg):
@@ -153,10 +153,10 @@ def score_champion(cfg: Config, data: InteractionData) -> dict[str, Any]:
 
 
 class ChampionRanker:
-    """A registered version as a :class:`~tokenrec.evaluation.TopKRanker`, served as the nightly run does.
+    """A registered version as a :class:`~tokenrec.evaluation.protocol.TopKRanker`, served as the nightly run does.
 
     The packaged model with its token tables and item index extended by fold-in
-    (:meth:`tokenrec.inference.Recommender.folded`); the prompt of a user shows the most recent items
+    (:meth:`tokenrec.serving.recommender.Recommender.folded`); the prompt of a user shows the most recent items
     before the split, and those items are excluded, as for every other model.
 
     Args:
@@ -173,14 +173,15 @@ class ChampionRanker:
 
     @classmethod
     def load(cls, cfg: Config, target: Any, data: InteractionData) -> ChampionRanker:
-        """Load ``target`` (a resolved :class:`tokenrec.registry.AliasTarget`) for ``data``.
+        """Load ``target`` (a resolved :class:`tokenrec.mlops.registry.AliasTarget`) for ``data``.
 
         Raises:
             InputError: the lake's ID maps no longer extend the model's, or the snapshot is older than it.
-            tokenrec.packaging.ModelIntegrityError: its tokenizer differs from the registered one (R11).
+            tokenrec.mlops.packaging.ModelIntegrityError: its tokenizer differs from the registered one (R11).
         """
-        from tokenrec import packaging, schema
-        from tokenrec.inference import Recommender, fold_in_bundle
+        from tokenrec import schema
+        from tokenrec.mlops import packaging
+        from tokenrec.serving.recommender import Recommender, fold_in_bundle
         from tokenrec.tasks.batch_inference import current_ids
 
         model = packaging.load_version(target).configure(cfg)
@@ -263,7 +264,7 @@ def _tokenrec(name: str) -> RankerBuilder:
     """TokenRec variants (tokenrec, tokenrec_id_only, tokenrec_unseen_prompt) from ``run_dir/llm``."""
 
     def build(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker | TopKRanker:
-        from tokenrec.tokenrec_scorer import ranker_for  # imports transformers: only when asked for
+        from tokenrec.llm.scorer import ranker_for  # imports transformers: only when asked for
 
         return ranker_for(cfg, data, run_dir, name=name)
 
@@ -277,7 +278,7 @@ for _name in ("tokenrec", "tokenrec_id_only", "tokenrec_unseen_prompt"):
 @register("tokenrec_paper_scoring")
 def _tokenrec_paper_scoring(cfg: Config, data: InteractionData, run_dir: Path) -> TopKRanker:
     """The same trained TokenRec scored as the paper does (cosine, no user-token vector), whatever retrieval says."""
-    from tokenrec.tokenrec_scorer import ranker_for
+    from tokenrec.llm.scorer import ranker_for
 
     paper = dataclasses.replace(cfg.retrieval, normalize_items=True, user_token_weight=0.0)
     return ranker_for(dataclasses.replace(cfg, retrieval=paper), data, run_dir, name="tokenrec")

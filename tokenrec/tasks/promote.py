@@ -1,10 +1,10 @@
 """Pipeline task ``promote``: move ``champion`` to the ``challenger`` only if the promotion gate passes.
 
 A rejection is a normal outcome, not a failure: the task succeeds, the champion stays where it was, the
-version is tagged ``rejected`` with the reason (:func:`tokenrec.registry.promote`), and the summary says why.
+version is tagged ``rejected`` with the reason (:func:`tokenrec.mlops.registry.promote`), and the summary says why.
 
 ``promote`` is the retrain's last task, so it also ends the retrain's parent run in MLflow
-(:func:`tokenrec.tracking.end_retrain`): FINISHED with the tags ``tokenrec.promoted`` (true/false),
+(:func:`tokenrec.mlops.tracking.end_retrain`): FINISHED with the tags ``tokenrec.promoted`` (true/false),
 ``tokenrec.model_version`` and ``tokenrec.gate_reason``, or FAILED when the task itself fails (no
 challenger, a challenger from another retrain, an unreachable store).
 """
@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tokenrec import registry, tracking
 from tokenrec.config import Config
+from tokenrec.mlops import registry, tracking
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
         ``retrain_id``.
 
     Raises:
-        tokenrec.registry.RegistryError: there is no challenger, or it comes from another retrain than
+        tokenrec.mlops.registry.RegistryError: there is no challenger, or it comes from another retrain than
             ``run_dir``'s.
     """
     challenger = registry.resolve_alias(cfg, registry.CHALLENGER)

@@ -6,7 +6,7 @@ new one. Only a version that passed ``validate_recommendations`` is published, a
 still have the SHA-256 the gate recorded. Other dates are never touched. Rerunning ``publish`` after a
 success is a no-op for the data.
 
-After the swap it writes the date's HTML report (:func:`tokenrec.report.write_report`: published beside the
+After the swap it writes the date's HTML report (:func:`tokenrec.reporting.report.write_report`: published beside the
 output at ``<lake>/_reports/dt=<ds>/report.html`` and logged to MLflow). The report never holds back the data:
 when it fails, the recommendations are already published and the task fails with a message saying so; its
 retry (or ``tokenrec report --ds <ds>``) writes the report, and a page that did not change is not rewritten.
@@ -37,7 +37,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
 
     Returns:
         ``published`` (the version folder), ``changed`` (False when it was already published), the manifest,
-        and ``report`` (the summary of :func:`tokenrec.report.write_report`).
+        and ``report`` (the summary of :func:`tokenrec.reporting.report.write_report`).
 
     Raises:
         PublishError: nothing is staged and nothing is published, or the staged version has not passed the
@@ -86,7 +86,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
 
 def _report(cfg: Config, ds: str) -> dict[str, Any]:
     """Write the report of the published date; a failure says that the data itself is published."""
-    from tokenrec.report import write_report
+    from tokenrec.reporting.report import write_report
 
     try:
         return write_report(cfg, ds)

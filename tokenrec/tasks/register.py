@@ -1,9 +1,9 @@
 """Pipeline task ``register``: package a finished retrain as one MLflow pyfunc and register it as challenger.
 
 Reads the run folder (``gnn/``, ``tokenizer/``, ``llm/``, ``eval/metrics.json``) and the interactions snapshot
-of ``ds`` (the training snapshot: its histories and ID maps go into the model, see :mod:`tokenrec.packaging`),
+of ``ds`` (the training snapshot: its histories and ID maps go into the model, see :mod:`tokenrec.mlops.packaging`),
 logs the model into a ``package`` child run of the retrain (``run_dir.name``), and registers it with
-:func:`tokenrec.registry.register`: a new version of ``mlflow.registered_model`` carrying the evaluation
+:func:`tokenrec.mlops.registry.register`: a new version of ``mlflow.registered_model`` carrying the evaluation
 metrics (the new model's and the champion's on the same split) and the tokenizer hash as tags, with the alias
 ``challenger``. ``promote`` decides about champion. A failure ends the retrain's MLflow run FAILED.
 """
@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenrec import packaging, registry, schema, tracking
+from tokenrec import schema
 from tokenrec.config import Config
 from tokenrec.errors import InputError
+from tokenrec.mlops import packaging, registry, tracking
 from tokenrec.storage import read_json
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
 
     Raises:
         InputError: no run folder, no evaluation metrics, or a run that does not match the snapshot.
-        tokenrec.packaging.ModelIntegrityError: the tokenizer files differ from their recorded hashes.
+        tokenrec.mlops.packaging.ModelIntegrityError: the tokenizer files differ from their recorded hashes.
     """
     if run_dir is None:
         raise InputError(

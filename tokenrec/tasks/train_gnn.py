@@ -27,7 +27,7 @@ from safetensors.torch import load, save
 from tokenrec.config import Config, GnnConfig, save_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
-from tokenrec.evaluation import EmbeddingRanker, evaluate_valid_test
+from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_valid_test
 from tokenrec.models.lightgcn import LightGCN, normalized_adjacency
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
 from tokenrec.training.device import cpu_threads, seed_everything

@@ -31,15 +31,12 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save
 
-from tokenrec.backbone import IdVocabulary, add_id_tokens, backbone_cache_dir, load_backbone
 from tokenrec.config import Config, save_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
-from tokenrec.models.llm4rec import LLM4Rec
-from tokenrec.prompts import layout_for
-from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
-from tokenrec.tasks.train_tokenizer import load_tokenizer
-from tokenrec.tokenrec_scorer import (
+from tokenrec.llm.backbone import IdVocabulary, add_id_tokens, backbone_cache_dir, load_backbone
+from tokenrec.llm.prompts import layout_for
+from tokenrec.llm.scorer import (
     BACKBONE_DIR,
     EVAL_MODELS,
     LLM_DIR,
@@ -50,6 +47,9 @@ from tokenrec.tokenrec_scorer import (
     evaluate_ranker,
     load_run_tables,
 )
+from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
+from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.training.device import autocast_dtype, pick_device, seed_everything
 from tokenrec.training.llm import Ranks, train_llm
 

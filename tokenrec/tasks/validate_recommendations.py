@@ -49,8 +49,8 @@ from tokenrec.config import Config
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import DataValidationError, InputError
+from tokenrec.gates.expectations import describe_failure, run_gx_suites
 from tokenrec.storage import atomic_write_json, read_json, staged_version
-from tokenrec.validation import describe_failure, run_gx_suites
 
 log = logging.getLogger(__name__)
 

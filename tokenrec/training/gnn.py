@@ -31,7 +31,7 @@ from torch import nn
 
 from tokenrec.config import TrainConfig
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import EmbeddingRanker, evaluate_split
+from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
 from tokenrec.training.checkpoint import fingerprint
 from tokenrec.training.device import cpu_threads, pick_device, seed_everything
 from tokenrec.training.loop import SELECT_METRIC, TrainResult, fit, torch_threads

@@ -4,7 +4,7 @@ What an epoch trains on (:mod:`tokenrec.training.llm_samples`): with ``llm.train
 prompt per window of a user's training items, read under a causal mask so that every position predicts the
 next item (all history prefixes in one forward pass); with ``sampled`` (the paper) one prompt per (history
 prefix, next item) sample, a share ``llm.id_only_share`` of them written with the ID-only template. The
-training wording is drawn per prompt from the paraphrases of :mod:`tokenrec.prompts`; ``llm.samples_per_user``
+training wording is drawn per prompt from the paraphrases of :mod:`tokenrec.llm.prompts`; ``llm.samples_per_user``
 optionally caps the prompts a user contributes per epoch. Targets ``q`` are the frozen LightGCN item
 embeddings. The loss (``llm.loss``, :mod:`tokenrec.models.llm4rec`): ``softmax`` over the whole catalogue
 (the user's other training items left out, as evaluation leaves them out), ``sampled_softmax`` (logQ-corrected,
@@ -45,15 +45,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from tokenrec.backbone import IdVocabulary
 from tokenrec.config import LlmConfig, RetrievalConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import SeenItems
+from tokenrec.evaluation.protocol import SeenItems
+from tokenrec.llm.backbone import IdVocabulary
+from tokenrec.llm.prompts import PromptEncoder, build_prompts, layout_for, select_rows
+from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss, sampled_softmax_loss, softmax_loss
 from tokenrec.models.quantizer import Tokenizer
-from tokenrec.prompts import PromptEncoder, build_prompts, layout_for, select_rows
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
-from tokenrec.tokenrec_scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
 from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
 from tokenrec.training.device import autocast_dtype
 from tokenrec.training.llm_samples import CausalWindows, PrefixSamples

@@ -8,7 +8,7 @@ showing ``s_{max(0, p-H)} .. s_{p-1}`` and one target ``s_p``: a user with n ite
 
 ``causal`` (:class:`CausalWindows`): a user's sequence is tiled by windows ``s_a .. s_{c-1}`` of at most H + 1
 items whose ends ``c`` step back from ``n`` by ``llm.window_stride`` (default H + 1: no overlap). One prompt
-shows the window's first ``c - a - 1`` items; read under a causal mask (:meth:`tokenrec.backbone.Backbone.
+shows the window's first ``c - a - 1`` items; read under a causal mask (:meth:`tokenrec.llm.backbone.Backbone.
 forward_positions`), its position ``t`` (0 = the prefix before any item) has seen ``s_a .. s_{a+t-1}`` and
 predicts ``s_{a+t}``, so every item of the window is a target of one forward pass. Where windows overlap, the
 earlier positions of a later window are context only, so each item is a target exactly once per epoch.

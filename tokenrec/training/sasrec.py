@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from tokenrec.config import SasRecConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
-from tokenrec.evaluation import SeenItems, evaluate_split
+from tokenrec.evaluation.protocol import SeenItems, evaluate_split
 from tokenrec.models.sasrec import PAD, SASRec
 from tokenrec.training.checkpoint import fingerprint
 from tokenrec.training.device import pick_device, seed_everything

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from tokenrec import schema
 from tokenrec.errors import ConfigError, TokenrecError
-from tokenrec.sql import run_sql, sql_root
+from tokenrec.reporting.sql import run_sql, sql_root
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, query: Query) -> str:
     from tokenrec.config import load_config
-    from tokenrec.spark import get_spark
+    from tokenrec.data.spark import get_spark
 
     base = None
     if args.dataset:

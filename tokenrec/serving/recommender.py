@@ -2,19 +2,19 @@
 
 TokenRec (Qu et al., arXiv 2406.10450), generative retrieval at serving time: one forward pass of the
 fine-tuned backbone per user and one cosine search over the GNN item embeddings, the user's seen items
-excluded. Scope: the in-memory engine shared by the packaged MLflow model (:mod:`tokenrec.packaging`) and the
+excluded. Scope: the in-memory engine shared by the packaged MLflow model (:mod:`tokenrec.mlops.packaging`) and the
 nightly ``batch_inference`` task; no registry or lake access here.
 
-- :class:`Recommender` wraps a loaded :class:`~tokenrec.tokenrec_scorer.TokenRecScorer` with token tables
+- :class:`Recommender` wraps a loaded :class:`~tokenrec.llm.scorer.TokenRecScorer` with token tables
   indexed by user/item index and an item index whose rows need not be the item indices (items folded in
   since training are appended after the trained ones, and item indices without any interaction are absent).
 - :func:`fold_in_tables` extends the trained token tables with users and items that are new since training
-  (:mod:`tokenrec.foldin`); :meth:`Recommender.folded` appends the new items to a copy of the index. The
+  (:mod:`tokenrec.serving.foldin`); :meth:`Recommender.folded` appends the new items to a copy of the index. The
   tables are computed once (on the driver with the Spark engine) and shipped, so both engines see the same.
 - :func:`write_recommendations` streams the active users in batches of ``inference.user_batch_size`` and
   writes one Parquet row group per batch in the exact ``RECOMMENDATIONS`` schema, so memory stays flat in the
   number of users: the snapshot's arrays (O(interactions)), the tables and one batch are held, never the
-  output, and raw ids stay Arrow arrays (no Python object per user). :mod:`tokenrec.inference_spark` runs the
+  output, and raw ids stay Arrow arrays (no Python object per user). :mod:`tokenrec.serving.spark_engine` runs the
   same batches on Spark executors.
 
 The prompt is the paper's history prompt over the user's most recent ``H`` interactions of the snapshot (all
@@ -41,11 +41,11 @@ from tqdm.auto import tqdm
 
 from tokenrec import schema
 from tokenrec.data.interactions import InteractionData
-from tokenrec.foldin import extend_codes, fold_in
+from tokenrec.llm.prompts import history_codes
+from tokenrec.llm.scorer import TokenRecScorer
 from tokenrec.models.quantizer import Tokenizer
-from tokenrec.prompts import history_codes
-from tokenrec.retrieval import ItemIndex
-from tokenrec.tokenrec_scorer import TokenRecScorer
+from tokenrec.serving.foldin import extend_codes, fold_in
+from tokenrec.serving.retrieval import ItemIndex
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def fold_in_bundle(scorer: TokenRecScorer, bundle: Any, data: InteractionData) -
 
     Args:
         scorer: the packaged model's scorer.
-        bundle: its :class:`tokenrec.packaging.ModelBundle`.
+        bundle: its :class:`tokenrec.mlops.packaging.ModelBundle`.
         data: the interactions to fold in from.
     """
     return fold_in_tables(

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 def sql_root() -> Path:
     """``$TOKENREC_SQL_DIR`` or the ``sql/`` folder at the top of the checkout (or image)."""
     env = os.environ.get("TOKENREC_SQL_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[1] / "sql"
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "sql"
     if not root.is_dir():
         raise FileNotFoundError(f"SQL folder {root} not found; set TOKENREC_SQL_DIR to the project's sql/ folder")
     return root

@@ -1,7 +1,7 @@
-"""The HTML of the nightly report (:mod:`tokenrec.report` gathers the numbers, this module lays them out).
+"""The HTML of the nightly report (:mod:`tokenrec.reporting.report` gathers the numbers, this module lays them out).
 
 One static page: values escaped with :func:`html.escape`, the skeleton a :class:`string.Template`, plots
-PNG ``data:`` URIs drawn by :mod:`tokenrec.plots` (and the popularity histogram here), and a
+PNG ``data:`` URIs drawn by :mod:`tokenrec.mlops.plots` (and the popularity histogram here), and a
 Content-Security-Policy that allows nothing else, so the file opens anywhere without network, other files or
 JavaScript.
 """
@@ -23,7 +23,7 @@ from tokenrec.config import Config
 from tokenrec.storage import read_json
 
 if TYPE_CHECKING:
-    from tokenrec.report import ModelFacts, OutputStats
+    from tokenrec.reporting.report import ModelFacts, OutputStats
 
 SPLITS = ("valid", "test")
 TRAINING_CURVES = (("gnn", "LightGCN"), ("llm", "LLM (TokenRec)"), ("tokenizer", "ID tokenizer"))
@@ -284,8 +284,8 @@ def image(png: bytes, caption: str) -> str:
 
 
 def plot(function: str, source: Any, caption: str, *args: Any) -> str:
-    """A figure drawn by ``tokenrec.plots.<function>(source, out, *args)``, embedded."""
-    from tokenrec import plots
+    """A figure drawn by ``tokenrec.mlops.plots.<function>(source, out, *args)``, embedded."""
+    from tokenrec.mlops import plots
 
     with tempfile.TemporaryDirectory(prefix="tokenrec-report-") as tmp:
         return image(getattr(plots, function)(source, Path(tmp) / "plot.png", *args).read_bytes(), caption)

@@ -4,7 +4,7 @@ A model is wrapped as a *ranker*: either it scores every item for a batch of use
 (:class:`ScoreRanker`, e.g. LightGCN, MF, SASRec, most-popular), or it returns top-K lists itself
 (:class:`TopKRanker`, e.g. TokenRec's faiss retrieval). Exclusion follows the protocol: when scoring the
 validation split every training item of the user is removed from the ranking; for the test split, training and
-validation items. Metrics are HR@K and NDCG@K from :mod:`tokenrec.metrics`.
+validation items. Metrics are HR@K and NDCG@K from :mod:`tokenrec.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tokenrec import metrics
 from tokenrec.data.interactions import InteractionData
+from tokenrec.evaluation import metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Scoring: the top-K items by cosine similarity to the projected vector (the paper
 default: ``retrieval.normalize_items: false`` lets the item norms rank too, and ``retrieval.user_token_weight``
 adds the user's vector decoded from its own ID tokens by the user tokenizer to the (unit) LLM4Rec vector.
 
-Speed: prompts are assembled as token ids (:class:`tokenrec.prompts.PromptEncoder`, the same ids as
+Speed: prompts are assembled as token ids (:class:`tokenrec.llm.prompts.PromptEncoder`, the same ids as
 tokenizing the prompt strings), sorted by length before batching, so a batch pads to nearly its own length
 (dynamic padding, never to a fixed 512); the forward passes run under ``inference_mode``.
 """
@@ -34,16 +34,16 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from tqdm.auto import tqdm
 
-from tokenrec import metrics
-from tokenrec.backbone import add_id_tokens, load_backbone
 from tokenrec.config import PROMPT_VARIANTS, Config, LlmConfig, RetrievalConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError
-from tokenrec.evaluation import SeenItems, evaluate_split
+from tokenrec.evaluation import metrics
+from tokenrec.evaluation.protocol import SeenItems, evaluate_split
+from tokenrec.llm.backbone import add_id_tokens, load_backbone
+from tokenrec.llm.prompts import PROMPT_LAYOUTS, PromptEncoder, build_prompts, history_codes, select_rows
 from tokenrec.models.llm4rec import LLM4Rec
 from tokenrec.models.quantizer import Tokenizer
-from tokenrec.prompts import PROMPT_LAYOUTS, PromptEncoder, build_prompts, history_codes, select_rows
-from tokenrec.retrieval import ItemIndex
+from tokenrec.serving.retrieval import ItemIndex
 from tokenrec.storage import read_json
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class TokenRecScorer:
         progress: show progress bars.
         user_decoder: the trained user tokenizer; required when ``retrieval.user_token_weight`` > 0, whose
             decoded user vectors ``(U, d)`` are then added to the LLM4Rec vectors.
-        layout: how the model reads prompts, as it was trained (:data:`tokenrec.prompts.PROMPT_LAYOUTS`):
+        layout: how the model reads prompts, as it was trained (:data:`tokenrec.llm.prompts.PROMPT_LAYOUTS`):
             ``pooled`` (the whole prompt pooled) or ``causal`` (the history template cut after the history,
             read under the causal mask, the state after the last item; ``id_only``: after the prefix).
     """
@@ -308,7 +308,7 @@ def load_run_tables(run_dir: Path, item_vectors: str = "item") -> dict[str, np.n
 
 
 class TokenRecRanker:
-    """:class:`tokenrec.evaluation.TopKRanker` over a snapshot: prompts show everything before the split."""
+    """:class:`tokenrec.evaluation.protocol.TopKRanker` over a snapshot: prompts show everything before the split."""
 
     def __init__(self, scorer: TokenRecScorer, data: InteractionData, variant: str = "full") -> None:
         self.scorer = scorer

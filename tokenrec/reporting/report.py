@@ -4,13 +4,13 @@
 about the published ``recommendations/dt=D`` and publish it atomically
 (:func:`tokenrec.storage.publish_partition`) at ``<lake>/_reports/dt=D/report.html``; it is also logged to
 MLflow as ``reports/dt=D/report.html`` in the parent run of the retrain that produced the model. The page
-(laid out by :mod:`tokenrec.report_page`) shows:
+(laid out by :mod:`tokenrec.reporting.page`) shows:
 
 - the model that wrote the lists and its evaluation metrics against the champion the promotion gate compared
   it with (version tags ``metric.*``, ``compared_with``, ``gate_passed``, ``gate_reason``), and every model of
   the retrain's ``eval/metrics.json``;
 - training curves (``gnn/history.json``, ``llm/history.json``) and codebook usage (``tokenizer/stats.json``)
-  of the retrain's run folder (``paths.runs/<retrain_id>``), drawn by :mod:`tokenrec.plots`;
+  of the retrain's run folder (``paths.runs/<retrain_id>``), drawn by :mod:`tokenrec.mlops.plots`;
 - coverage and popularity with the definitions of ``sql/analytics/``: catalog coverage as
   ``fct_catalog_coverage_daily``, and the share of recommendations going to the 10 % most popular items as
   ``fct_popular_share`` with ``top_n`` = 10 % of the catalog, plus a histogram over popularity deciles;
@@ -152,8 +152,8 @@ def write_report(cfg: Config, ds: str) -> dict[str, Any]:
 
 def render_report(cfg: Config, ds: str) -> tuple[bytes, ModelFacts]:
     """The page of ``ds`` as UTF-8 bytes, and the facts about its model."""
-    from tokenrec import report_page
-    from tokenrec.show import titles
+    from tokenrec.reporting import page as report_page
+    from tokenrec.reporting.show import titles
 
     lake = schema.Lake.at(cfg.paths.lake)
     partition = lake.recommendations(ds)
@@ -182,7 +182,7 @@ def model_facts(cfg: Config, name: str, version: int) -> ModelFacts:
     retrain's own split (version tags ``metric.champion.*``, ``eval_champion_version``). A version registered
     without them is shown against the evaluation tagged on the champion version itself (its own split).
     """
-    from tokenrec import packaging, registry
+    from tokenrec.mlops import packaging, registry
 
     facts = ModelFacts(name, version)
     try:
@@ -219,7 +219,7 @@ def model_facts(cfg: Config, name: str, version: int) -> ModelFacts:
 
 def tagged_metrics(tags: dict[str, str], model: str) -> dict[str, float]:
     """``{"valid.NDCG@20": 0.05, ...}`` of ``model`` from version tags ``metric.<model>.<split>.<name>``."""
-    from tokenrec.registry import metric_tag
+    from tokenrec.mlops.registry import metric_tag
 
     prefix = metric_tag(f"{model}.")
     return {k[len(prefix) :].replace("_at_", "@"): float(v) for k, v in tags.items() if k.startswith(prefix)}
@@ -326,7 +326,7 @@ def _log_to_mlflow(cfg: Config, ds: str, path: Path, retrain_id: str | None) -> 
     """Log the page to the retrain's parent run as ``reports/dt=<ds>/report.html`` (same path on a rerun)."""
     if not cfg.mlflow.enabled or not retrain_id:
         return None
-    from tokenrec import registry
+    from tokenrec.mlops import registry
 
     client, _ = registry.connect(cfg)
     run_id = registry.retrain_run(cfg, retrain_id)

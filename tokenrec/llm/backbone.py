@@ -4,7 +4,7 @@ TokenRec (Qu et al., arXiv 2406.10450), generative retrieval: ``h_i = LLM(prompt
 the projection maps to a preference vector. The paper's backbone is T5-small; here it is any Hugging Face
 model: an encoder (BERT-like: mean over the non-padding tokens), an encoder-decoder (T5: its encoder states,
 mean pooled) or a decoder-only model (LLaMA-like: the last non-padding token, the only one that has read the
-whole prompt). The vocabulary grows by K*L user and K*L item tokens (strings from :mod:`tokenrec.prompts`).
+whole prompt). The vocabulary grows by K*L user and K*L item tokens (strings from :mod:`tokenrec.llm.prompts`).
 
 Scope: loading (hub name or folder, never the network unless allowed; the offline packages ``minilm`` and
 ``smollm2``; tiny random models), pooling, and the ID tokens with their initial embeddings. Training is
@@ -51,7 +51,7 @@ from transformers.models.auto.modeling_auto import (
 
 from tokenrec.config import Config, LlmConfig
 from tokenrec.errors import ConfigError
-from tokenrec.prompts import HISTORY_TEMPLATES, ID_ONLY_TEMPLATES, id_token_strings
+from tokenrec.llm.prompts import HISTORY_TEMPLATES, ID_ONLY_TEMPLATES, id_token_strings
 from tokenrec.storage import atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokenrec.config import Config
-from tokenrec.tracking import (
+from tokenrec.mlops.tracking import (
     RegistryError,
     connect,
     flatten,

@@ -19,7 +19,7 @@ nothing is pickled) with these artifacts, weights as safetensors:
 Input: a DataFrame with a ``user_id`` string column and an optional ``k`` integer column; output: one row per
 recommendation, ``user_id, rank (1..k), item_id, score``. The packaged model serves the users it was trained
 on from their training-time history; the nightly job uses the same engine on the current snapshot, with
-fold-in of new users and items (:mod:`tokenrec.inference`).
+fold-in of new users and items (:mod:`tokenrec.serving.recommender`).
 
 Tokenizer and model cannot drift apart (RELIABILITY.md R11): loading recomputes the SHA-256 of the bundled
 tokenizer files and refuses a bundle whose hash differs from ``bundle.json``; :func:`load_version` also
@@ -45,11 +45,12 @@ import pyarrow.parquet as pq
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
-from tokenrec import registry, schema
+from tokenrec import schema
 from tokenrec.config import Config, RetrievalConfig, load_config, save_config
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError, TokenrecError
+from tokenrec.mlops import registry
 from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported: no network
@@ -71,10 +72,10 @@ RUN_FILES = {
 ARTIFACTS = (*RUN_FILES, "id_maps", "history", "config", "bundle")
 BUNDLE_FILE, CONFIG_FILE, HISTORY_FILE = "bundle.json", "config.yaml", "history.safetensors"
 BUNDLE_FORMAT = 1
-MODEL_CODE = '''"""MLflow models-from-code entry point: the pyfunc is tokenrec.packaging.TokenRecModel."""
+MODEL_CODE = '''"""MLflow models-from-code entry point: the pyfunc is tokenrec.mlops.packaging.TokenRecModel."""
 import mlflow
 
-from tokenrec.packaging import TokenRecModel
+from tokenrec.mlops.packaging import TokenRecModel
 
 mlflow.models.set_model(TokenRecModel())
 '''
@@ -310,7 +311,7 @@ class ModelBundle:
         Device, batch size, precision and progress bars come from ``runtime``; retrieval settings are the
         model's own.
         """
-        from tokenrec.tokenrec_scorer import TokenRecScorer
+        from tokenrec.llm.scorer import TokenRecScorer
 
         if runtime is None:
             runtime = dataclasses.replace(
@@ -328,7 +329,7 @@ class TokenRecModel(mlflow.pyfunc.PythonModel):
 
     def open(self, bundle: ModelBundle, runtime: Config | None = None) -> TokenRecModel:
         """Load the model of ``bundle`` (also for use without MLflow, e.g. in tests)."""
-        from tokenrec.inference import CsrSequences, Recommender
+        from tokenrec.serving.recommender import CsrSequences, Recommender
 
         self.bundle = bundle
         self.scorer = bundle.scorer(runtime)

@@ -7,7 +7,7 @@ Each stage runs in its own process (an Airflow task): :func:`stage_run` finds th
 it on first use) and opens a new child; :func:`log_stage` does that and logs the stage folder: the resolved
 config as params, the git commit and input snapshot as tags, ``history.json`` as ``epoch.<key>`` metrics
 (step = epoch), ``metrics.json`` and ``stats.json`` as final metrics (copied to the parent as
-``<stage>.<key>``), the folder as artifacts and PNG plots (:mod:`tokenrec.plots`) under ``plots/``.
+``<stage>.<key>``), the folder as artifacts and PNG plots (:mod:`tokenrec.mlops.plots`) under ``plots/``.
 
 Status of the parent. It is RUNNING while stages run. ``promote``, the retrain's last task, ends it
 FINISHED (:func:`end_retrain`, also when the gate rejects the model: a rejection is an outcome, not a
@@ -217,13 +217,13 @@ def log_stage(
     Logs the flattened config (params), ``history.json`` (metrics ``epoch.<key>``, step = epoch),
     ``metrics.json`` and ``stats.json`` (final metrics, copied to the parent as ``<stage>.<key>``), the
     folder minus ``cfg.mlflow.artifact_exclude`` (artifacts) and the plots of
-    :func:`tokenrec.plots.stage_plots` (``plots/``).
+    :func:`tokenrec.mlops.plots.stage_plots` (``plots/``).
     """
     if not cfg.mlflow.enabled:
         return None
     from mlflow.entities import Metric, Param
 
-    from tokenrec import plots
+    from tokenrec.mlops import plots
 
     stage_dir = Path(stage_dir)
     started = time.perf_counter()

@@ -9,7 +9,7 @@ Agg canvas (headless, no global backend switch) and writes the PNG atomically to
 - :func:`plot_model_metrics`: an ``eval/metrics.json``: HR@K and NDCG@K, one bar group per model;
 - :func:`plot_codebook_usage`: a tokenizer ``stats.json``: share of the L codes used and perplexity per level.
 
-:func:`stage_plots` draws all that apply to one stage folder; :mod:`tokenrec.tracking` logs them under
+:func:`stage_plots` draws all that apply to one stage folder; :mod:`tokenrec.mlops.tracking` logs them under
 ``plots/`` of the stage's MLflow run.
 """
 

@@ -57,7 +57,7 @@ def show(cfg: Config, ds: str, examples: int = 3, k: int = 10) -> str:
             ):
                 lines.append(f"    {rank:>2}. {names.get(item, 'item ' + item)}  (score {score:.3f})")
     try:
-        from tokenrec.registry import resolve_alias, tracking_uri
+        from tokenrec.mlops.registry import resolve_alias, tracking_uri
 
         champion = resolve_alias(cfg, "champion")
         lines.append(f"Champion: models:/{champion.name}@champion = version {champion.version}")

@@ -3,14 +3,14 @@
 TokenRec (Qu et al., arXiv 2406.10450) serves every user with one forward pass and one cosine search, so users
 are independent and the nightly run scales out by splitting them. Scope: the ``spark`` engine of the
 ``batch_inference`` task (``inference.engine: spark``); the model, the fold-in and the publish path are the
-local engine's (:mod:`tokenrec.inference`, :mod:`tokenrec.tasks.batch_inference`).
+local engine's (:mod:`tokenrec.serving.recommender`, :mod:`tokenrec.tasks.batch_inference`).
 
 Same rows as the local engine, by construction:
 
 - the driver resolves the model version and folds in new users and items once; the item side (token table,
   new index vectors, raw item ids) goes to the executors as one broadcast, the user side (raw id, ID tokens,
   time-ordered history) as the rows of a scratch Parquet input inside the version folder being written;
-- users are cut into the local engine's batches (:func:`tokenrec.inference.user_batches`); the input is
+- users are cut into the local engine's batches (:func:`tokenrec.serving.recommender.user_batches`); the input is
   range-partitioned on the batch number and sorted inside each partition, so a batch never spans two tasks
   and every forward pass and search sees exactly the users it sees in the local engine;
 - each task writes its batches in order with the local engine's writer to ``part-<first batch>.parquet``
@@ -43,11 +43,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenrec import registry, schema
+from tokenrec import schema
 from tokenrec.config import Config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import PublishError
-from tokenrec.inference import (
+from tokenrec.mlops import registry
+from tokenrec.serving.recommender import (
     CsrSequences,
     FoldedTables,
     OutputMeta,
@@ -112,14 +113,14 @@ class SparkInference:
         Args:
             tables: the fold-in tables computed by the driver (user tokens by index and the item side).
             user_ids, item_ids: raw ids by index.
-            spark: the session to use; default :func:`tokenrec.spark.get_spark` of ``cfg.spark``.
+            spark: the session to use; default :func:`tokenrec.data.spark.get_spark` of ``cfg.spark``.
 
         Returns:
             ``rows``, ``users`` (with at least one row), ``active_users`` and ``spark`` (tasks, files,
             Python workers, model loads, the workers' peak RSS).
         """
         if spark is None:
-            from tokenrec.spark import get_spark
+            from tokenrec.data.spark import get_spark
 
             spark = get_spark(self.cfg.spark)
         scratch = folder / INPUT_DIR
@@ -277,7 +278,7 @@ class _Worker:
         _limit_threads(self.cfg.inference.torch_threads)
         import mlflow
 
-        from tokenrec import packaging
+        from tokenrec.mlops import packaging
 
         mlflow.set_tracking_uri(self.cfg.mlflow.tracking_uri)
         mlflow.set_registry_uri(self.cfg.mlflow.tracking_uri)

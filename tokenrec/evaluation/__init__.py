@@ -1,0 +1,1 @@
+"""Offline evaluation: the leave-one-out full-ranking protocol and HR/NDCG metrics."""

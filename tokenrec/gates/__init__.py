@@ -1,0 +1,1 @@
+"""Data gates: Great Expectations suites and the errors they raise."""

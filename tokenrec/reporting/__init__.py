@@ -1,0 +1,1 @@
+"""What people read: the nightly HTML report, analyst SQL, and `tokenrec show`."""

@@ -1,0 +1,1 @@
+"""Serving: the item index, fold-in of new users and items, and batch inference (local and Spark)."""
