@@ -63,12 +63,16 @@ browser:
 docs: $(STAMP)
 	$(PY) -m tokenrec.config_doc > docs/CONFIG.md
 
+# Test files are spread over PYTEST_WORKERS processes (pytest-xdist, one file per worker at a time: fixtures
+# such as the Spark session and the Airflow home stay per file); PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check tokenrec jobs dags tests
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tokenrec jobs dags tests

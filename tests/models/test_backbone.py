@@ -25,6 +25,8 @@ from tokenrec.llm.backbone import (
 )
 from tokenrec.llm.prompts import PromptEncoder, build_prompts, id_token_strings, tokenize_prompts
 
+pytestmark = pytest.mark.model
+
 STATES = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # (B=2, T=4, H=3)
 
 

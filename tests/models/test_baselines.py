@@ -21,7 +21,7 @@ from tokenrec.tasks import evaluate, train_gnn
 from tokenrec.training.gnn import train_bpr
 from tokenrec.training.sasrec import SequenceRanker, build_sasrec, left_padded, train_sasrec
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 TRAIN, VALID, TEST = InteractionData.TRAIN, InteractionData.VALID, InteractionData.TEST
 

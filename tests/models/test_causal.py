@@ -14,7 +14,7 @@ from tokenrec.llm.scorer import TokenRecScorer
 from tokenrec.models.llm4rec import LLM4Rec, sampled_softmax_loss, softmax_loss
 from tokenrec.training.llm_samples import CausalWindows, bucketed
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.model
 
 K, L = 3, 8
 

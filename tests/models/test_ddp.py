@@ -29,6 +29,8 @@ from tokenrec.llm.backbone import add_id_tokens, tiny_backbone  # noqa: E402
 from tokenrec.models.llm4rec import LLM4Rec  # noqa: E402
 from tokenrec.training.llm import Ranks, train_llm  # noqa: E402
 
+pytestmark = pytest.mark.model
+
 PER_RANK_BATCH, WORLD, K, L, DIM = 8, 2, 3, 8, 16
 
 

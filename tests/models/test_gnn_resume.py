@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.models.conftest import make_walks, write_snapshot
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 SCRIPT = """
 import logging, sys

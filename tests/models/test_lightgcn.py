@@ -13,7 +13,7 @@ from tokenrec.models.lightgcn import GraphOperator, LightGCN, normalized_adjacen
 from tokenrec.models.mostpop import MostPopular
 from tokenrec.training.gnn import NegativeSampler, bpr_loss, train_bpr
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def dense_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:

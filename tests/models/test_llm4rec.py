@@ -11,7 +11,7 @@ from tokenrec.llm.backbone import TINY_BACKBONES, add_id_tokens, tiny_backbone
 from tokenrec.llm.prompts import build_prompts, tokenize_prompts
 from tokenrec.models.llm4rec import IdTokenEmbedding, LLM4Rec, cosine_to, generative_retrieval_loss
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.model
 
 K, L, D = 3, 8, 16
 

@@ -9,7 +9,7 @@ import torch
 
 from tokenrec.models.mq_tokenizer import MQTokenizer, mask_elements
 
-pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def make(**overrides) -> MQTokenizer:

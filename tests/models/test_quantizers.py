@@ -21,7 +21,7 @@ from tokenrec.models.quantizer import (
 )
 from tokenrec.models.rqvae import RQVAE
 
-pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 
 KINDS = ("mq", "single", "vqvae", "rqvae", "kmeans")

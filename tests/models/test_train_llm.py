@@ -26,7 +26,7 @@ from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.training.llm import prompts_for, train_llm
 from tokenrec.training.llm_samples import PrefixSamples
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.model
 
 N_USERS, N_ITEMS, CLUSTERS, DIM = 96, 48, 4, 16
 SETTINGS = [

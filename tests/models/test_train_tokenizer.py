@@ -15,7 +15,7 @@ from tokenrec.errors import InputError
 from tokenrec.tasks import train_tokenizer as stage
 from tokenrec.training.tokenizer import fit_tokenizer, planned_epochs
 
-pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def clustered(n: int, dim: int = 16, centres: int = 30, seed: int = 0) -> torch.Tensor:

@@ -23,8 +23,6 @@ from tokenrec.data.synthetic import (
 )
 from tokenrec.errors import ConfigError
 
-pytestmark = pytest.mark.unit
-
 SPEC = SyntheticSpec(n_users=2_800, n_items=2_000, chunk_users=700, seed=7)  # four whole chunks
 
 
@@ -35,6 +33,7 @@ def events(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
+@pytest.mark.unit
 def test_same_spec_same_log_other_seed_other_log():
     a, b = events(SPEC), events(SyntheticSpec(**{**SPEC.__dict__}))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
@@ -42,6 +41,7 @@ def test_same_spec_same_log_other_seed_other_log():
     assert not np.array_equal(a[1][:1000], c[1][:1000])
 
 
+@pytest.mark.unit
 def test_chunks_are_independent_so_more_users_extend_the_same_log():
     """Chunk c draws from its own stream: the first 2800 users (whole chunks) of a longer log are the same."""
     small = events(SPEC)
@@ -51,6 +51,7 @@ def test_chunks_are_independent_so_more_users_extend_the_same_log():
     assert max(len(np.unique(c.users)) for c in chunks(SPEC)) == SPEC.chunk_users
 
 
+@pytest.mark.unit
 def test_users_have_distinct_items_in_strictly_increasing_time_inside_the_window():
     users, items, times = events(SPEC)
     assert np.all(np.diff(users) >= 0) and set(np.unique(users)) == set(range(SPEC.n_users))
@@ -63,6 +64,7 @@ def test_users_have_distinct_items_in_strictly_increasing_time_inside_the_window
     assert items.min() >= 0 and items.max() < SPEC.n_items
 
 
+@pytest.mark.unit
 def test_activity_and_popularity_are_long_tailed():
     users, items, _ = events(SyntheticSpec(n_users=20_000, n_items=5_000, seed=1, chunk_users=5_000))
     counts = np.bincount(users)
@@ -77,6 +79,7 @@ def test_activity_and_popularity_are_long_tailed():
     assert popularity[0] > 50 * np.median(popularity)
 
 
+@pytest.mark.unit
 def test_in_memory_snapshot_has_leave_one_out_splits():
     data = interaction_data(SPEC)
     assert (data.n_users, data.n_items) == (SPEC.n_users, SPEC.n_items) and len(data) == len(events(SPEC)[0])
@@ -87,6 +90,7 @@ def test_in_memory_snapshot_has_leave_one_out_splits():
     assert np.all(data.splits[last] == InteractionData.TEST)
 
 
+@pytest.mark.unit
 def test_published_snapshots_keep_stable_ids_and_append_new_ones(tmp_path):
     """The first 700 users, then all 2800: known raw ids keep their index, new ones are appended."""
     lake = schema.Lake.at(tmp_path / "lake")
@@ -108,6 +112,7 @@ def test_published_snapshots_keep_stable_ids_and_append_new_ones(tmp_path):
     assert np.all(np.diff(number[day1.n_items :]) > 0) and len(set(number)) == len(number)
 
 
+@pytest.mark.unit
 def test_written_logs_hold_every_event_with_raw_ids(tmp_path):
     users, items, times = events(SPEC)
     for fmt in ("parquet", "csv"):
@@ -121,6 +126,7 @@ def test_written_logs_hold_every_event_with_raw_ids(tmp_path):
         assert np.array_equal(table.column("timestamp").to_numpy(), times)
 
 
+@pytest.mark.unit
 def test_bad_specs_are_refused():
     with pytest.raises(ConfigError, match="max_per_user < n_items"):
         SyntheticSpec(n_users=10, n_items=10, max_per_user=10)
