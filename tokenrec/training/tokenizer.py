@@ -29,7 +29,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tokenrec.config import TokenizerConfig, TrainConfig
-from tokenrec.models.quantizer import Tokenizer, build_tokenizer, code_stats, perplexity
+from tokenrec.models.quantizer import Tokenizer, code_stats, perplexity
+from tokenrec.models.tokenizers import build_tokenizer
 from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
 from tokenrec.training.device import pick_device, seed_everything
 
