@@ -8,7 +8,7 @@ else (a full disk, a copy) costs one checkpoint, not the run.
 
 Checkpoints resume only the run that wrote them: each trainer keeps them in ``checkpoints/<fingerprint>``,
 a digest of its settings, seed and data (:func:`fingerprint`); a run with other settings or data starts fresh
-and removes the stale folder (:func:`run_folder`), instead of silently continuing a different model.
+and removes the stale folder (:func:`fingerprint_folder`), instead of silently continuing a different model.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def fingerprint(settings: Any, seed: int, arrays: Sequence[np.ndarray] = (), ext
     return digest.hexdigest()[:16]
 
 
-def run_folder(root: str | os.PathLike[str], key: str, remove_others: bool = True) -> Path:
+def fingerprint_folder(root: str | os.PathLike[str], key: str, remove_others: bool = True) -> Path:
     """``root/key``, the checkpoint folder of run ``key``; other runs' folders and loose checkpoints in
     ``root`` are stale (the settings or the data changed) and are removed unless ``remove_others`` is False."""
     root = Path(root)

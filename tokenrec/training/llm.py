@@ -53,8 +53,15 @@ from tokenrec.llm.prompts import PromptEncoder, build_prompts, layout_for, selec
 from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss, sampled_softmax_loss, softmax_loss
 from tokenrec.models.quantizer import Tokenizer
+from tokenrec.run_folder import CHECKPOINTS_DIR, HISTORY_FILE
 from tokenrec.storage import atomic_write_bytes, atomic_write_json
-from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
+from tokenrec.training.checkpoint import (
+    CheckpointManager,
+    fingerprint,
+    fingerprint_folder,
+    rng_state,
+    set_rng_state,
+)
 from tokenrec.training.device import autocast_dtype
 from tokenrec.training.llm_samples import CausalWindows, PrefixSamples
 from tokenrec.training.loop import SELECT_METRIC
@@ -225,7 +232,7 @@ class LlmTrainer:
         self.folder = None
         if out_dir is not None:
             self.folder = checkpoint_folder(
-                out_dir / "checkpoints", cfg, train.seed, data, tables, ranks, self.validator.scorer
+                out_dir / CHECKPOINTS_DIR, cfg, train.seed, data, tables, ranks, self.validator.scorer
             )
         self.manager = CheckpointManager(self.folder) if self.folder is not None else None
         if self.manager is not None and (found := self.manager.load_latest(map_location=device)) is not None:
@@ -258,7 +265,7 @@ class LlmTrainer:
             state.update(epoch=epoch, micro=0, partial={})
             state["history"].append(entry)
             if self.out_dir is not None and self.ranks.main:
-                atomic_write_json(self.out_dir / "history.json", state["history"])
+                atomic_write_json(self.out_dir / HISTORY_FILE, state["history"])
             if epoch % self.train.checkpoint_every == 0 or self.finished():
                 self.save_checkpoint()
         if self.best:
@@ -465,7 +472,7 @@ def checkpoint_folder(
     # how validation scores (it picks the best epoch) is part of the run too
     scoring = None if scorer is None else [scorer.index.cfg.normalize_items, scorer.user_token_weight]
     extra = ranks.world if not scoring or scoring == [True, 0.0] else [ranks.world, scoring]
-    return run_folder(root, fingerprint(cfg, seed, arrays, extra), remove_others=ranks.main)
+    return fingerprint_folder(root, fingerprint(cfg, seed, arrays, extra), remove_others=ranks.main)
 
 
 def _best_path(folder: Path, epoch: int) -> Path:

@@ -24,8 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tokenrec.config import TrainConfig
+from tokenrec.run_folder import CHECKPOINTS_DIR, HISTORY_FILE
 from tokenrec.storage import atomic_write_json
-from tokenrec.training.checkpoint import CheckpointManager, rng_state, run_folder, set_rng_state
+from tokenrec.training.checkpoint import CheckpointManager, fingerprint_folder, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,11 @@ def fit(
         "history": [],
     }
     best_weights: dict[str, torch.Tensor] = {}
-    manager = CheckpointManager(run_folder(out_dir / "checkpoints", run_key)) if out_dir is not None else None
+    manager = (
+        CheckpointManager(fingerprint_folder(out_dir / CHECKPOINTS_DIR, run_key))
+        if out_dir is not None
+        else None
+    )
     device = next(model.parameters()).device
     if manager is not None and (found := manager.load_latest(map_location=device)) is not None:
         _, saved = found
@@ -136,7 +141,7 @@ def fit(
         bar.update(1)
         bar.set_postfix_str(f"{_losses(entry)} best {SELECT_METRIC} {max(state['best_metric'], 0.0):.4f}")
         if out_dir is not None:
-            atomic_write_json(out_dir / "history.json", state["history"])
+            atomic_write_json(out_dir / HISTORY_FILE, state["history"])
         if manager is not None and (epoch % train.checkpoint_every == 0 or finished()):
             extra = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
             manager.save(epoch, {**state, **extra, "best_weights": best_weights})

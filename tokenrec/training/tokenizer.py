@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 from tokenrec.config import TokenizerConfig, TrainConfig
 from tokenrec.models.quantizer import Tokenizer, code_stats, perplexity
 from tokenrec.models.tokenizers import build_tokenizer
-from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
+from tokenrec.training.checkpoint import (
+    CheckpointManager,
+    fingerprint,
+    fingerprint_folder,
+    rng_state,
+    set_rng_state,
+)
 from tokenrec.training.device import pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -233,9 +239,6 @@ def _checkpoint_folder(root: Path, embeddings: Tensor, cfg: TokenizerConfig, see
 
     Folders of other fingerprints under ``root`` are stale (the GNN or the config changed) and are removed.
     """
-    return run_folder(root, fingerprint(cfg, seed, [embeddings.detach().float().cpu().numpy()], "tokenizer"))
-
-
-def checkpoint_dir_for(folder: str | os.PathLike[str], name: str) -> Path:
-    """Where the checkpoints of tokenizer ``name`` live under a stage folder."""
-    return Path(folder) / "checkpoints" / name
+    return fingerprint_folder(
+        root, fingerprint(cfg, seed, [embeddings.detach().float().cpu().numpy()], "tokenizer")
+    )
