@@ -177,8 +177,8 @@ class ChampionRanker:
         """
         from tokenrec import schema
         from tokenrec.mlops import packaging
+        from tokenrec.serving.known_ids import current_ids
         from tokenrec.serving.recommender import Recommender, fold_in_bundle
-        from tokenrec.tasks.batch_inference import current_ids
 
         model = packaging.load_version(target).configure(cfg)
         lake = schema.Lake.at(cfg.paths.lake)
