@@ -431,7 +431,6 @@ class RetrievalConfig:
     user_token_weight: float = 0.0  # a: the preference vector is the unit LLM4Rec vector plus a times the unit
     # vector the user tokenizer decodes from the user's own ID tokens (0 = the paper; our addition, measured in
     # docs/benchmarks/probe-tokenrec-scoring-*.json; new users get theirs from their folded-in tokens)
-    topk: int = 20  # recommendations per user in batch inference
     batch_size: int = 1024  # users per search call
     ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items), >= 39 items per list
     ivf_nprobe: int = 32  # ivf: lists visited per query (recall against speed)
@@ -441,7 +440,7 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         _one_of("retrieval.index", self.index, INDEX_KINDS)
-        for name in ("topk", "batch_size", "ivf_nprobe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
+        for name in ("batch_size", "ivf_nprobe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"retrieval.{name} must be >= 1, got {getattr(self, name)}")
         if self.ivf_nlist < 0:

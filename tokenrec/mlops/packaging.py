@@ -264,7 +264,9 @@ class ModelBundle:
         except ConfigError as exc:  # saved by another tokenrec version: serve with today's defaults
             log.warning("bundled config.yaml does not load (%s); using the default settings", exc)
             config = Config()
-        config.retrieval = RetrievalConfig(**manifest["retrieval"])
+        # bundles registered before retrieval.topk was removed (it was never read) still carry it
+        retrieval = {k: v for k, v in manifest["retrieval"].items() if k != "topk"}
+        config.retrieval = RetrievalConfig(**retrieval)
         return cls(root, paths, manifest, config)
 
     @property
