@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from tokenrec.errors import ConfigError
+from tokenrec.run_folder import CONFIG_FILE
+from tokenrec.storage import atomic_write_bytes
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")  # 2e-4, 1E3: numbers YAML 1.1 leaves as text
 
@@ -602,14 +604,9 @@ def config_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def save_config(config: Config, folder: str | os.PathLike[str], name: str = "config.yaml") -> Path:
+def save_config(config: Config, folder: str | os.PathLike[str], name: str = CONFIG_FILE) -> Path:
     """Write the resolved config as ``name`` into ``folder`` (atomically) and return its path."""
-    out = Path(folder) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{name}.tmp")
-    tmp.write_text(config_yaml(config))
-    os.replace(tmp, out)
-    return out
+    return atomic_write_bytes(Path(folder) / name, config_yaml(config).encode())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

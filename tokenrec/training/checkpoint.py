@@ -20,13 +20,14 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tokenrec.storage import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,9 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Atomically write ``state`` (state dicts, counters, RNG states) as the checkpoint of ``step``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"step-{step:08d}.pt"
-        tmp = self.folder / f".step-{step:08d}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_open(final) as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
         self._prune()
         return final
 

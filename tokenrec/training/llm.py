@@ -33,7 +33,6 @@ DDP, validation users are split across ranks, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer, autocast, evalua
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss, sampled_softmax_loss, softmax_loss
 from tokenrec.models.quantizer import Tokenizer
 from tokenrec.run_folder import CHECKPOINTS_DIR, HISTORY_FILE
-from tokenrec.storage import atomic_write_bytes, atomic_write_json
+from tokenrec.storage import atomic_open, atomic_write_json
 from tokenrec.training.checkpoint import (
     CheckpointManager,
     fingerprint,
@@ -481,9 +480,8 @@ def _best_path(folder: Path, epoch: int) -> Path:
 
 def _save_best(folder: Path, epoch: int, weights: dict[str, torch.Tensor]) -> None:
     """Write the best weights of ``epoch``; older ones go once a checkpoint names this epoch best."""
-    buffer = io.BytesIO()
-    torch.save(weights, buffer)
-    atomic_write_bytes(_best_path(folder, epoch), buffer.getvalue())
+    with atomic_open(_best_path(folder, epoch)) as fh:
+        torch.save(weights, fh)
 
 
 def _prune_best(folder: Path, keep: set[int]) -> None:
