@@ -58,6 +58,7 @@ from tokenrec.serving.recommender import (
     user_batches,
 )
 from tokenrec.storage import atomic_open
+from tokenrec.training.device import set_threads
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -296,15 +297,12 @@ class _Worker:
 
 def _limit_threads(count: int) -> None:
     """Torch and faiss use ``count`` threads; 0: this task's share of the cores (``spark.task.cpus``)."""
-    import faiss
-    import torch
     from pyspark import TaskContext
 
     if count <= 0:
         context = TaskContext.get()
         count = context.cpus() if context is not None else 1
-    torch.set_num_threads(max(1, count))
-    faiss.omp_set_num_threads(max(1, count))
+    set_threads(max(1, count))
 
 
 def _whole_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

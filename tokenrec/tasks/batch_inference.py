@@ -39,10 +39,10 @@ from tokenrec.serving.recommender import (
     OutputMeta,
     Recommender,
     fold_in_bundle,
-    torch_threads,
     write_recommendations,
 )
 from tokenrec.storage import current_version, is_published, read_json, stage_partition, staged_version
+from tokenrec.training.device import torch_threads
 
 log = logging.getLogger(__name__)
 

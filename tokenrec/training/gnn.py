@@ -34,8 +34,8 @@ from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
 from tokenrec.models.lightgcn import LightGCN, normalized_adjacency
 from tokenrec.training.checkpoint import fingerprint
-from tokenrec.training.device import cpu_threads, pick_device, seed_everything
-from tokenrec.training.loop import SELECT_METRIC, TrainResult, fit, torch_threads
+from tokenrec.training.device import cpu_threads, pick_device, seed_everything, torch_threads
+from tokenrec.training.loop import SELECT_METRIC, TrainResult, fit
 
 log = logging.getLogger(__name__)
 

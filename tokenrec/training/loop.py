@@ -11,10 +11,9 @@ complete checkpoint; trainers whose epoch ``e`` draws its randomness from a gene
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,25 +149,6 @@ def fit(
         model.load_state_dict(best_weights)
     model.eval()
     return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"])
-
-
-@contextlib.contextmanager
-def torch_threads(count: int, device: torch.device) -> Iterator[None]:
-    """Run a block with ``count`` torch intra-op threads on the CPU (nothing changes on a GPU).
-
-    Small per-step kernels gain little from OpenMP workers, and workers that spin-wait for them cost many
-    times more than they save as soon as other processes share the cores (measured 4-10x on a busy 2-core
-    machine), so trainers of small models pass 1.
-    """
-    if device.type != "cpu" or count < 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _losses(entry: dict[str, Any]) -> str:

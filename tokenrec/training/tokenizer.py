@@ -14,12 +14,10 @@ afresh instead of resuming a different run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from tokenrec.training.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from tokenrec.training.device import pick_device, seed_everything
+from tokenrec.training.device import pick_device, seed_everything, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ def fit_tokenizer(
             f"{name} embeddings must be a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}"
         )
     device = pick_device(train.device)
-    with _cpu_threads(cfg.cpu_threads if device.type == "cpu" else 0):
+    with torch_threads(cfg.cpu_threads, device):
         return _fit(embeddings, cfg, train, device, checkpoint_dir, name)
 
 
@@ -169,18 +167,6 @@ def planned_epochs(cfg: TokenizerConfig, n_entities: int) -> int:
     if cfg.epochs:
         return cfg.epochs
     return math.ceil(cfg.steps / math.ceil(n_entities / cfg.batch_size))
-
-
-@contextlib.contextmanager
-def _cpu_threads(threads: int) -> Iterator[None]:
-    """Limit torch's intra-op threads to ``threads`` inside the block (0 leaves them alone)."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_epoch(
