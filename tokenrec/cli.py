@@ -19,6 +19,7 @@ from typing import Any
 from tokenrec import schema
 from tokenrec.config import Config, load_config
 from tokenrec.errors import TokenrecError
+from tokenrec.run_folder import EVAL, GNN, LLM, TOKENIZER, RunFolder
 
 log = logging.getLogger("tokenrec")
 
@@ -120,58 +121,91 @@ def _snapshot(cfg: Config, ds: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ stages
+# One handler per stage; each imports its task module when it runs, so a stage pays only for what it uses
+# (the training tasks import torch and transformers, the ETL only Spark).
 
 
 def stage_etl(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from tokenrec.data.etl import run_etl
-    from tokenrec.data.loaders import list_source_files
-    from tokenrec.data.spark import get_spark
+    from tokenrec.tasks import etl
 
-    list_source_files(cfg.source.path, schema.parse_ds(args.ds))  # fail fast, before Spark starts
-    result = run_etl(get_spark(cfg.spark), cfg, args.ds)
-    m = result.manifest
-    return {
-        "staged": str(result.snapshot), "next": f"tokenrec validate-interactions --ds {args.ds} (checks and publishes it)",
-        "quarantine": str(result.quarantine), "rows": m["rows"],
-        "users": m["users"], "items": m["items"], "raw_rows": m["raw_rows"], "quarantined_rows": m["quarantined_rows"],
-    }
+    return etl.run(cfg, args.ds)
 
 
-def stage_validate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    from tokenrec.data.spark import get_spark
-    from tokenrec.gates.expectations import validate_interactions
+def stage_validate_interactions(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import validate_interactions
 
-    return validate_interactions(get_spark(cfg.spark), cfg, args.ds)
-
-
-def _task(module: str, stage: str, folder: str) -> Callable[[Config, argparse.Namespace], dict[str, Any]]:
-    """A training/evaluation stage: run ``tokenrec.tasks.<module>``, then log ``run_dir/<folder>`` to MLflow."""
-
-    def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-        import importlib
-
-        from tokenrec.mlops.tracking import failing_retrain, log_stage
-
-        task = importlib.import_module(f"tokenrec.tasks.{module}")
-        snapshot, run_dir = _snapshot(cfg, args.ds), _run_dir(cfg, args)
-        with failing_retrain(cfg, run_dir.name, stage, snapshot):  # failed stage: retrain run FAILED
-            summary = task.run(cfg, snapshot, run_dir)
-            summary["mlflow_run_id"] = log_stage(cfg, run_dir.name, stage, run_dir / folder, snapshot)
-        return summary
-
-    return run
+    return validate_interactions.run(cfg, args.ds)
 
 
-def _dated_task(module: str, needs_run: bool = False) -> Callable[[Config, argparse.Namespace], dict[str, Any]]:
-    """A registry or nightly stage: ``tokenrec.tasks.<module>.run(cfg, ds, run_dir or None)``."""
+def stage_train_gnn(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import train_gnn
 
-    def run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-        import importlib
+    return _training_stage(train_gnn.run, "train-gnn", GNN, cfg, args)
 
-        task = importlib.import_module(f"tokenrec.tasks.{module}")
-        return task.run(cfg, args.ds, _run_dir(cfg, args) if needs_run else None)
 
-    return run
+def stage_train_tokenizer(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import train_tokenizer
+
+    return _training_stage(train_tokenizer.run, "train-tokenizer", TOKENIZER, cfg, args)
+
+
+def stage_train_llm(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import train_llm
+
+    return _training_stage(train_llm.run, "train-llm", LLM, cfg, args)
+
+
+def stage_evaluate(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import evaluate
+
+    return _training_stage(evaluate.run, "evaluate", EVAL, cfg, args)
+
+
+def stage_register(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import register
+
+    return register.run(cfg, args.ds, _run_dir(cfg, args))
+
+
+def stage_promote(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import promote
+
+    return promote.run(cfg, args.ds, _run_dir(cfg, args))
+
+
+def stage_batch_inference(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import batch_inference
+
+    return batch_inference.run(cfg, args.ds, None)
+
+
+def stage_validate_recommendations(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import validate_recommendations
+
+    return validate_recommendations.run(cfg, args.ds, None)
+
+
+def stage_publish(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from tokenrec.tasks import publish
+
+    return publish.run(cfg, args.ds, None)
+
+
+def _training_stage(
+    task: Callable[[Config, Path, Path], dict[str, Any]],
+    stage: str,
+    folder: str,
+    cfg: Config,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Run a training/evaluation ``task`` on the snapshot of ``args.ds``, then log its ``folder`` to MLflow."""
+    from tokenrec.mlops.tracking import failing_retrain, log_stage
+
+    snapshot, run = _snapshot(cfg, args.ds), RunFolder(_run_dir(cfg, args))
+    with failing_retrain(cfg, run.run_id, stage, snapshot):  # failed stage: retrain run FAILED
+        summary = task(cfg, snapshot, run.root)
+        summary["mlflow_run_id"] = log_stage(cfg, run.run_id, stage, run.stage(folder), snapshot)
+    return summary
 
 
 RETRAIN = ("etl", "validate-interactions", "train-gnn", "train-tokenizer", "train-llm", "evaluate", "register", "promote")
@@ -211,16 +245,16 @@ def stage_run(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 HANDLERS: dict[str, Callable[[Config, argparse.Namespace], dict[str, Any]]] = {
     "etl": stage_etl,
-    "validate-interactions": stage_validate,
-    "train-gnn": _task("train_gnn", "train-gnn", "gnn"),
-    "train-tokenizer": _task("train_tokenizer", "train-tokenizer", "tokenizer"),
-    "train-llm": _task("train_llm", "train-llm", "llm"),
-    "evaluate": _task("evaluate", "evaluate", "eval"),
-    "register": _dated_task("register", needs_run=True),
-    "promote": _dated_task("promote", needs_run=True),
-    "batch-inference": _dated_task("batch_inference"),
-    "validate-recommendations": _dated_task("validate_recommendations"),
-    "publish": _dated_task("publish"),
+    "validate-interactions": stage_validate_interactions,
+    "train-gnn": stage_train_gnn,
+    "train-tokenizer": stage_train_tokenizer,
+    "train-llm": stage_train_llm,
+    "evaluate": stage_evaluate,
+    "register": stage_register,
+    "promote": stage_promote,
+    "batch-inference": stage_batch_inference,
+    "validate-recommendations": stage_validate_recommendations,
+    "publish": stage_publish,
     "run": stage_run,
     "show": stage_show,
     "report": stage_report,

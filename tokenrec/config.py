@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from tokenrec.errors import ConfigError
+from tokenrec.run_folder import CONFIG_FILE
+from tokenrec.storage import atomic_write_bytes
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")  # 2e-4, 1E3: numbers YAML 1.1 leaves as text
 
@@ -431,7 +433,6 @@ class RetrievalConfig:
     user_token_weight: float = 0.0  # a: the preference vector is the unit LLM4Rec vector plus a times the unit
     # vector the user tokenizer decodes from the user's own ID tokens (0 = the paper; our addition, measured in
     # docs/benchmarks/probe-tokenrec-scoring-*.json; new users get theirs from their folded-in tokens)
-    topk: int = 20  # recommendations per user in batch inference
     batch_size: int = 1024  # users per search call
     ivf_nlist: int = 0  # ivf: number of inverted lists; 0 = about 4 * sqrt(n_items), >= 39 items per list
     ivf_nprobe: int = 32  # ivf: lists visited per query (recall against speed)
@@ -441,7 +442,7 @@ class RetrievalConfig:
 
     def __post_init__(self) -> None:
         _one_of("retrieval.index", self.index, INDEX_KINDS)
-        for name in ("topk", "batch_size", "ivf_nprobe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
+        for name in ("batch_size", "ivf_nprobe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"retrieval.{name} must be >= 1, got {getattr(self, name)}")
         if self.ivf_nlist < 0:
@@ -603,14 +604,9 @@ def config_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def save_config(config: Config, folder: str | os.PathLike[str], name: str = "config.yaml") -> Path:
+def save_config(config: Config, folder: str | os.PathLike[str], name: str = CONFIG_FILE) -> Path:
     """Write the resolved config as ``name`` into ``folder`` (atomically) and return its path."""
-    out = Path(folder) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{name}.tmp")
-    tmp.write_text(config_yaml(config))
-    os.replace(tmp, out)
-    return out
+    return atomic_write_bytes(Path(folder) / name, config_yaml(config).encode())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -114,6 +114,7 @@ USERS, ITEMS = "users", "items"
 SNAPSHOT_KEY = "snapshot_date"
 DT_KEY = "dt"
 MANIFEST_FILE = "_manifest.json"
+VALIDATION_FILE = "_validation.json"  # in a staged recommendations version: the gate's pass and file SHA-256s
 
 
 def parse_ds(ds: str) -> dt.date:

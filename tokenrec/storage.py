@@ -15,19 +15,25 @@ Publishing can also be split in two steps, for outputs that must pass a gate fir
 writes the version and points a *staging* link ``<table>/_staged/<key=value>`` at it (readers never look
 there), a check reads :func:`staged_version`, and :func:`swap_partition` publishes it. :func:`publish_partition`
 is the two steps at once.
+
+Single files are written the same way, by :func:`atomic_open` (and :func:`atomic_write_bytes` on top of it):
+to a temporary name beside the target, flushed, fsynced and renamed, so a file is either absent, the old one,
+or complete. Every writer of a file that a later reader must find whole goes through them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tokenrec.errors import PublishError
 from tokenrec.schema import MANIFEST_FILE
@@ -38,17 +44,33 @@ VERSIONS_DIR = "_versions"
 STAGED_DIR = "_staged"
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that the file is either absent/old or complete, never truncated."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: it becomes ``path`` only when the block ends without error.
+
+    The handle writes ``.<name>.<random>.tmp`` beside ``path`` (readers that skip dot files never see it);
+    on success it is flushed, fsynced and renamed onto ``path`` with one ``os.replace``, on an error removed.
+    So ``path`` is absent, the previous file or the complete new one, never a truncated one. The handle must
+    stay open to the end of the block (writers such as ``pq.ParquetWriter(fh)`` leave it open).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that the file is either absent/old or complete, never truncated."""
+    with atomic_open(path) as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -57,6 +79,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of the file at ``path``, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def new_version_dir(partition: Path) -> Path:

@@ -33,6 +33,7 @@ from tokenrec.llm.backbone import add_id_tokens, tiny_backbone
 from tokenrec.llm.scorer import TokenRecScorer
 from tokenrec.mlops import packaging, registry
 from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.run_folder import RunFolder
 from tokenrec.storage import atomic_write_json, publish_partition
 from tokenrec.tasks import promote, register, train_tokenizer
 from tokenrec.tasks.train_llm import save_model
@@ -139,7 +140,7 @@ def write_run(cfg: Config, snapshot: Path, run_dir: Path, data: InteractionData)
         backbone = tiny_backbone("tiny-bert", seed=0)
         vocab = add_id_tokens(backbone, 3, 8, seed=0)
         model = LLM4Rec(backbone, DIM, cfg.llm.proj_hidden)
-        save_model(model, vocab, cfg, run_dir / "llm", "item", 1, 3, 8)
+        save_model(model, vocab, cfg, RunFolder(run_dir), "item", 1, 3, 8)
     finally:
         torch.set_num_threads(threads)
     return run_dir

@@ -11,7 +11,6 @@ from tokenrec.config import TokenizerConfig
 from tokenrec.errors import ConfigError
 from tokenrec.models.kmeans_tokenizer import KMeansTokenizer
 from tokenrec.models.quantizer import (
-    build_tokenizer,
     code_stats,
     disambiguate,
     kmeans,
@@ -20,6 +19,7 @@ from tokenrec.models.quantizer import (
     reseed_codewords,
 )
 from tokenrec.models.rqvae import RQVAE
+from tokenrec.models.tokenizers import build_tokenizer
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("one_torch_thread")]
 

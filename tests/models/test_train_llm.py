@@ -11,18 +11,19 @@ import torch
 from safetensors.torch import save_file
 
 from tests.models.conftest import make_walks, write_snapshot
+from tokenrec.artifacts import load_run_tables, load_tokenizer
 from tokenrec.config import Config, LlmConfig, TrainConfig, load_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
 from tokenrec.evaluation.protocol import evaluate_valid_test
 from tokenrec.llm.backbone import add_id_tokens, tiny_backbone
 from tokenrec.llm.prompts import entity_text
-from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer, load_run_tables
+from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss
+from tokenrec.run_folder import RunFolder
 from tokenrec.serving.retrieval import normalize_rows
 from tokenrec.tasks import evaluate, train_tokenizer
 from tokenrec.tasks import train_llm as stage
-from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.training.llm import prompts_for, train_llm
 from tokenrec.training.llm_samples import PrefixSamples
 
@@ -80,7 +81,7 @@ def prepared(tmp_path_factory) -> tuple[Path, Path, InteractionData]:
 
 
 def tables_of(run_dir: Path) -> dict[str, np.ndarray]:
-    return load_run_tables(run_dir)
+    return load_run_tables(RunFolder(run_dir))
 
 
 def fresh_model(cfg: Config, seed: int = 0) -> tuple[LLM4Rec, object]:
@@ -196,7 +197,7 @@ def test_user_token_weight_adds_the_decoded_user_vector_to_the_unit_llm_vector(p
     cfg = load_config(overrides=[*SETTINGS, "retrieval.user_token_weight=0.5", "retrieval.normalize_items=false"])
     model, _ = fresh_model(cfg)
     tables = tables_of(run_dir)
-    decoder = load_tokenizer(run_dir / "tokenizer", "user")
+    decoder = load_tokenizer(RunFolder(run_dir), "user")
     plain = TokenRecScorer(model, tables["user_codes"], tables["item_codes"], tables["item_vectors"], 5)
     mixed = TokenRecScorer(
         model, tables["user_codes"], tables["item_codes"], tables["item_vectors"], 5,
@@ -292,8 +293,8 @@ def test_stage_rejects_a_token_table_of_another_snapshot(prepared, tmp_path):
 
 def test_codeword_init_reads_the_tokenizer_codewords(prepared):
     _, run_dir, _ = prepared
-    books = stage.tokenizer_codebooks(run_dir, "item", levels=4, size=10, seed=0)  # one level, two codes more
-    tokenizer = load_tokenizer(run_dir / "tokenizer", "item")
+    books = stage.tokenizer_codebooks(RunFolder(run_dir), "item", levels=4, size=10, seed=0)  # one level, two codes more
+    tokenizer = load_tokenizer(RunFolder(run_dir), "item")
     assert books.shape == (4, 10, tokenizer.code_dim)
     for level in range(3):
         codes = torch.zeros(8, 3, dtype=torch.long)

@@ -10,8 +10,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tokenrec.artifacts import load_tokenizer
 from tokenrec.config import Config, GnnConfig, TokenizerConfig, TrainConfig
 from tokenrec.errors import InputError
+from tokenrec.run_folder import RunFolder
 from tokenrec.tasks import train_tokenizer as stage
 from tokenrec.training.tokenizer import fit_tokenizer, planned_epochs
 
@@ -189,7 +191,7 @@ def test_stage_writes_the_artifact_contract(tmp_path: Path) -> None:
     }
     # the saved weights rebuild a tokenizer that gives the same token table
     for entity in ("user", "item"):
-        model = stage.load_tokenizer(out, entity)
+        model = load_tokenizer(RunFolder(run_dir), entity)
         assert torch.equal(model.encode(tensors[entity]), tokens[f"{entity}_codes"])
 
 
@@ -250,4 +252,4 @@ def test_load_tokenizer_refuses_weights_of_another_run(tmp_path: Path) -> None:
     out = run_dir / "tokenizer"
     (out / "user_tokenizer.safetensors").write_bytes((out / "item_tokenizer.safetensors").read_bytes())
     with pytest.raises(InputError, match="differ"):
-        stage.load_tokenizer(out, "user")
+        load_tokenizer(RunFolder(run_dir), "user")

@@ -25,7 +25,7 @@ import pytest
 from tokenrec import schema
 from tokenrec.data.id_maps import append_ids, read_id_map
 from tokenrec.data.interactions import InteractionData
-from tokenrec.reporting import analytics, report
+from tokenrec.reporting import analytics, facts
 from tokenrec.storage import publish_partition
 
 pytestmark = pytest.mark.spark
@@ -305,11 +305,11 @@ def test_cli_main_runs_a_query_and_reports_errors(spark, views, lake, capsys, ho
 
 
 def test_the_nightly_report_counts_as_the_queries_do(spark, views, lake):
-    """tokenrec.reporting.report's coverage and popular share are fct_catalog_coverage_daily's and fct_popular_share's."""
+    """tokenrec.reporting.facts's coverage and popular share are fct_catalog_coverage_daily's and fct_popular_share's."""
     users, items = _id_map_idx(USERS), _id_map_idx(ITEMS)
     snapshot = pq.read_table(lake.interactions(D2), schema=schema.INTERACTIONS)
     data = InteractionData.from_table(snapshot, len(users), len(items))
-    stats = report.output_stats(
+    stats = facts.output_stats(
         pq.read_table(lake.recommendations(D2), schema=schema.RECOMMENDATIONS),
         read_id_map(lake.id_map(schema.ITEMS)),
         data,

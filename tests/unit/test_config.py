@@ -39,6 +39,16 @@ def test_unknown_key_lists_valid_names(tmp_path):
         load_config(path)
 
 
+def test_retrieval_topk_is_gone_and_an_unknown_key(tmp_path):
+    """Top-K is ``inference.topk``; a YAML that still sets ``retrieval.topk`` fails like any unknown key."""
+    path = tmp_path / "old.yaml"
+    path.write_text("retrieval:\n  topk: 20\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'retrieval.topk' in .*old.yaml; valid keys at retrieval"
+    ):
+        load_config(path)
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [

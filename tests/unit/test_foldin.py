@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tokenrec.config import TokenizerConfig
-from tokenrec.models.quantizer import build_tokenizer, disambiguate
+from tokenrec.models.quantizer import disambiguate
+from tokenrec.models.tokenizers import build_tokenizer
 from tokenrec.serving.foldin import extend_codes, fold_in
 
 pytestmark = pytest.mark.unit

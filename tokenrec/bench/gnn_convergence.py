@@ -30,9 +30,8 @@ from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
-from tokenrec.tasks.train_gnn import build_lightgcn
 from tokenrec.training.device import seed_everything
-from tokenrec.training.gnn import train_bpr
+from tokenrec.training.gnn import build_lightgcn, train_bpr
 
 
 def clustered_graph(n_users: int, n_items: int, edges: int, clusters: int, seed: int = 0) -> InteractionData:

@@ -22,10 +22,8 @@ import torch
 from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.tasks.train_gnn import build_lightgcn
-from tokenrec.training.device import pick_device, seed_everything
-from tokenrec.training.gnn import NegativeSampler, run_bpr_epoch
-from tokenrec.training.loop import torch_threads
+from tokenrec.training.device import pick_device, seed_everything, torch_threads
+from tokenrec.training.gnn import NegativeSampler, build_lightgcn, run_bpr_epoch
 
 
 def synthetic_graph(n_users: int, n_items: int, edges: int, seed: int = 0) -> InteractionData:

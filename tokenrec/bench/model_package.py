@@ -45,6 +45,7 @@ from tokenrec.cli import _merge, profile
 from tokenrec.config import Config, load_config
 from tokenrec.data.datasets import preset
 from tokenrec.mlops import packaging, registry, tracking
+from tokenrec.run_folder import GNN, TOKENIZER, RunFolder
 from tokenrec.storage import read_json
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ print(json.dumps({**times, "rows": len(frame)}))
 
 def llm_for(cfg: Config, run_dir: Path, backbone: str, work: Path) -> tuple[Path, str]:
     """A run folder whose ``llm/`` uses ``backbone``, and how its weights came about (trained or initial)."""
-    if read_json(run_dir / "llm" / "llm.json").get("base_backbone") == backbone:
+    run = RunFolder(run_dir)
+    if read_json(run.llm_manifest).get("base_backbone") == backbone:
         return run_dir, "trained (the run's own llm/)"
     import torch
 
@@ -77,11 +79,11 @@ def llm_for(cfg: Config, run_dir: Path, backbone: str, work: Path) -> tuple[Path
     from tokenrec.models.llm4rec import LLM4Rec
     from tokenrec.tasks.train_llm import save_model
 
-    manifest = read_json(run_dir / "llm" / "llm.json")
-    target = work / f"{run_dir.name}-{backbone}"
-    target.mkdir(parents=True)
-    for folder in ("gnn", "tokenizer"):
-        (target / folder).symlink_to((run_dir / folder).resolve(), target_is_directory=True)
+    manifest = read_json(run.llm_manifest)
+    target = RunFolder(work / f"{run_dir.name}-{backbone}")
+    target.root.mkdir(parents=True)
+    for stage in (GNN, TOKENIZER):
+        target.stage(stage).symlink_to(run.stage(stage).resolve(), target_is_directory=True)
     llm_cfg = dataclasses.replace(cfg.llm, backbone=backbone)
     started = time.perf_counter()
     loaded = load_backbone(llm_cfg, backbone_cache_dir(cfg))  # smollm2: converted from GGUF on first use
@@ -94,13 +96,13 @@ def llm_for(cfg: Config, run_dir: Path, backbone: str, work: Path) -> tuple[Path
         model,
         vocab,
         run_cfg,
-        target / "llm",
+        target,
         manifest["item_vectors"],
         0,
         manifest["levels"],
         manifest["codebook_size"],
     )
-    return target, "initial (same shapes and files as a trained llm/, weights not trained)"
+    return target.root, "initial (same shapes and files as a trained llm/, weights not trained)"
 
 
 def measure(cfg: Config, ds: str, run_dir: Path, backbone: str, repeats: int, work: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from tokenrec.bench.machine import RESULTS, add_run_arguments, write_result
 from tokenrec.cli import build_config
+from tokenrec.run_folder import EVAL, GNN, LLM, RunFolder
 from tokenrec.storage import read_json
 from tokenrec.tasks import evaluate, train_gnn, train_llm, train_tokenizer
 
@@ -57,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         stage.run(cfg, args.snapshot, args.run_dir)
         seconds[name] = time.perf_counter() - started
 
-    run = args.run_dir
-    metrics = read_json(run / evaluate.EVAL_DIR / evaluate.METRICS_FILE)
-    gnn = read_json(run / train_gnn.GNN_DIR / "metrics.json")
+    run = RunFolder(args.run_dir)
+    metrics = read_json(run.metrics(EVAL))
+    gnn = read_json(run.metrics(GNN))
     document: dict[str, Any] = {
         **metrics,
         "lightgcn_training": {k: gnn[k] for k in ("best_epoch", "epochs", "seconds_per_epoch", "seeds") if k in gnn},
@@ -67,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         "profile": args.profile,
         "overrides": args.overrides,
     }
-    if (run / "tokenizer" / "stats.json").is_file():
-        document["tokenizer_stats"] = read_json(run / "tokenizer" / "stats.json")
+    if run.tokenizer_stats.is_file():
+        document["tokenizer_stats"] = read_json(run.tokenizer_stats)
     if with_tokenrec:
-        document["llm_training"] = read_json(run / "llm" / "history.json")
+        document["llm_training"] = read_json(run.history(LLM))
     name = args.name or f"quality-{metrics['dataset']}"
     if args.keep_earlier:
         document = keep_earlier_rows(document, RESULTS / f"{name}.json")

@@ -33,10 +33,8 @@ import torch
 from tokenrec.bench.machine import machine, write_result
 from tokenrec.config import load_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.tasks.train_gnn import build_lightgcn
-from tokenrec.training.device import seed_everything
-from tokenrec.training.gnn import NegativeSampler, run_bpr_epoch
-from tokenrec.training.loop import torch_threads
+from tokenrec.training.device import seed_everything, torch_threads
+from tokenrec.training.gnn import NegativeSampler, build_lightgcn, run_bpr_epoch
 
 # Runs inside the RecBole environment: argv = data folder, epochs, threads. Prints one JSON line.
 RECBOLE_SCRIPT = r"""

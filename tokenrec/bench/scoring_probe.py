@@ -37,12 +37,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokenrec.artifacts import load_embeddings, load_tokenizer
 from tokenrec.bench.machine import add_run_arguments, write_result
 from tokenrec.cli import build_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
 from tokenrec.llm.scorer import TokenRecScorer
-from tokenrec.tasks.train_tokenizer import load_gnn_embeddings, load_tokenizer
+from tokenrec.run_folder import RunFolder, gnn_table
 
 MIX_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 NORM_POWERS = (0.5, 1.5, 2.0)
@@ -51,11 +52,12 @@ NORM_POWERS = (0.5, 1.5, 2.0)
 def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     """``{variant: {"valid": metrics, "test": metrics}}`` for the variants of the module docstring."""
     data = InteractionData.load(snapshot)
-    gnn = load_gnn_embeddings(run_dir, cfg.gnn.output)
-    user, item = gnn["user"].float(), gnn["item"].float()  # (n_users, d), (n_items, d)
+    run = RunFolder(run_dir)
+    names = [gnn_table("user", cfg.gnn.output), gnn_table("item", cfg.gnn.output)]
+    user, item = load_embeddings(run, names).values()  # (n_users, d), (n_items, d)
     item_unit = F.normalize(item, dim=-1)
     norm = item.norm(dim=-1, keepdim=True)  # (n_items, 1)
-    decoded = F.normalize(load_tokenizer(run_dir / "tokenizer", "user").reconstruct(user), dim=-1)  # (n_users, d)
+    decoded = F.normalize(load_tokenizer(run, "user").reconstruct(user), dim=-1)  # (n_users, d)
     # the LLM4Rec vector alone: the mixes below add the decoded user vector themselves, whatever the config says
     scorer = TokenRecScorer.from_run(run_dir, replace(cfg, retrieval=replace(cfg.retrieval, user_token_weight=0.0)))
     users = np.arange(data.n_users)

@@ -29,6 +29,7 @@ from typing import Any
 
 from tokenrec.bench.machine import RESULTS, add_run_arguments, git_commit, write_result
 from tokenrec.cli import build_config
+from tokenrec.run_folder import GNN, LLM, RunFolder
 from tokenrec.storage import read_json
 from tokenrec.tasks import train_llm, train_tokenizer
 
@@ -41,7 +42,7 @@ def link(target: Path, at: Path) -> None:
 
 def gnn_summary(gnn_run: Path) -> dict[str, Any]:
     """Which LightGCN a row was trained on: its run folder and validation metrics (rows may differ in it)."""
-    found = gnn_run / "gnn" / "metrics.json"
+    found = RunFolder(gnn_run).metrics(GNN)
     metrics = read_json(found) if found.is_file() else {}
     return {"run": str(gnn_run), "valid": metrics.get("valid", {})}
 
@@ -59,21 +60,22 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer_key = hashlib.sha1(json.dumps(sorted(o for o in args.overrides if o.startswith("tokenizer.")))
                                  .encode()).hexdigest()[:8]
-    tokenizer_run = args.run_dir / f"tokenizer-{tokenizer_key}"
-    if not (tokenizer_run / "tokenizer" / "tokens.safetensors").is_file():
-        tokenizer_run.mkdir(parents=True, exist_ok=True)
-        link(args.gnn_run / "gnn", tokenizer_run / "gnn")
-        train_tokenizer.run(cfg, args.snapshot, tokenizer_run)
-    run = args.run_dir / args.config_name
+    gnn_run = RunFolder(args.gnn_run)
+    tokenizer_run = RunFolder(args.run_dir / f"tokenizer-{tokenizer_key}")
+    if not tokenizer_run.tokens.is_file():
+        tokenizer_run.root.mkdir(parents=True, exist_ok=True)
+        link(gnn_run.gnn, tokenizer_run.gnn)
+        train_tokenizer.run(cfg, args.snapshot, tokenizer_run.root)
+    run = RunFolder(args.run_dir / args.config_name)
     if not args.resume:
-        shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True, exist_ok=True)
-    link(args.gnn_run / "gnn", run / "gnn")
-    link(tokenizer_run / "tokenizer", run / "tokenizer")
-    train_llm.run(cfg, args.snapshot, run)
+        shutil.rmtree(run.root, ignore_errors=True)
+    run.root.mkdir(parents=True, exist_ok=True)
+    link(gnn_run.gnn, run.gnn)
+    link(tokenizer_run.tokenizer, run.tokenizer)
+    train_llm.run(cfg, args.snapshot, run.root)
 
-    metrics = read_json(run / "llm" / "metrics.json")
-    history = read_json(run / "llm" / "history.json")
+    metrics = read_json(run.metrics(LLM))
+    history = read_json(run.history(LLM))
     trained = [h for h in history if "samples_per_second" in h]
     row: dict[str, Any] = {
         "name": args.config_name,

@@ -30,15 +30,16 @@ import pyarrow.parquet as pq
 import torch
 
 from tokenrec import schema
+from tokenrec.artifacts import load_embeddings, load_tokenizer
 from tokenrec.bench.machine import add_run_arguments, write_result
 from tokenrec.cli import build_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_valid_test
 from tokenrec.llm.scorer import EVAL_MODELS, TokenRecRanker, TokenRecScorer
+from tokenrec.run_folder import RunFolder, gnn_table
 from tokenrec.serving.foldin import extend_codes, fold_in
 from tokenrec.storage import atomic_write_json, read_json, read_manifest
 from tokenrec.tasks import train_gnn, train_llm, train_tokenizer
-from tokenrec.tasks.train_tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 SPLIT_STRINGS = {InteractionData.TRAIN: schema.SPLIT_TRAIN, InteractionData.VALID: schema.SPLIT_VALID,
@@ -105,20 +106,21 @@ def main(argv: list[str] | None = None) -> None:
             stage.run(cfg, snapshot, args.run_dir)
 
     # Fold the held-out users in from their training interactions, as batch inference does.
-    emb = {k: v.float().numpy() for k, v in train_gnn.load_embeddings(args.run_dir).items()}
-    suffix = "_ego" if cfg.gnn.output == "ego" else ""
+    run = RunFolder(args.run_dir)
+    user_key, item_key = gnn_table("user", cfg.gnn.output), gnn_table("item", cfg.gnn.output)
+    emb = {k: v.numpy() for k, v in load_embeddings(run, [user_key, item_key]).items()}
     train_users, train_items = full.train_pairs
-    folded = fold_in(emb[f"user{suffix}"], emb[f"item{suffix}"], train_users, train_items, full.n_users, full.n_items)
-    scorer = TokenRecScorer.from_run(args.run_dir, cfg)
-    tokenizer = load_tokenizer(args.run_dir / "tokenizer", "user")
-    vocab = int(read_json(args.run_dir / "llm" / "llm.json")["codebook_size"])
+    folded = fold_in(emb[user_key], emb[item_key], train_users, train_items, full.n_users, full.n_items)
+    scorer = TokenRecScorer.from_run(run.root, cfg)
+    tokenizer = load_tokenizer(run, "user")
+    vocab = int(read_json(run.llm_manifest)["codebook_size"])
     scorer.user_codes = extend_codes(scorer.user_codes, tokenizer, folded.user, folded.new_users, vocab)
 
     groups = {"seen": subset(full, is_seen), "unseen": subset(full, ~is_seen)}
     ks, batch = cfg.eval.ks, cfg.eval.batch_size
     results: dict[str, Any] = {"dataset": full.name, "users": {"seen": n_seen, "unseen": full.n_users - n_seen}}
     for group, data in groups.items():
-        gnn = EmbeddingRanker(torch.from_numpy(folded.user), torch.from_numpy(emb[f"item{suffix}"]))
+        gnn = EmbeddingRanker(torch.from_numpy(folded.user), torch.from_numpy(emb[item_key]))
         results.setdefault("lightgcn", {})[group] = evaluate_valid_test(data, gnn, ks, batch)
         for name, variant in EVAL_MODELS.items():
             ranker = TokenRecRanker(scorer, data, variant)

@@ -25,6 +25,7 @@ that skip the Spark ETL (no k-core). Users are numbered ``0 .. n_users - 1`` (ra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ from tokenrec import schema
 from tokenrec.data.id_maps import append_ids, read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError
-from tokenrec.storage import publish_partition
+from tokenrec.storage import atomic_open, publish_partition
 
 log = logging.getLogger(__name__)
 
@@ -208,26 +209,21 @@ def write_events(
     if fmt not in FORMATS:
         raise ConfigError(f"synthetic output format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     events = users = 0
     writer: Any = None
-    try:
+    with atomic_open(path) as fh, contextlib.ExitStack() as closing:  # a reader never sees a half-written log
         for chunk in chunks(spec, progress):
             table = chunk.table()
             if writer is None:
                 writer = (
-                    pq.ParquetWriter(tmp, table.schema)
+                    pq.ParquetWriter(fh, table.schema)
                     if fmt == "parquet"
-                    else pcsv.CSVWriter(tmp, table.schema)
+                    else pcsv.CSVWriter(fh, table.schema)
                 )
+                closing.callback(writer.close)
             writer.write_table(table)
             events += table.num_rows
             users += len(np.unique(chunk.users))
-    finally:
-        if writer is not None:
-            writer.close()
-    tmp.replace(path)  # a reader never sees a half-written log
     log.info("wrote %d events of %d users to %s", events, users, path)
     return {"path": str(path), "events": events, "users": users, "items": spec.n_items}
 

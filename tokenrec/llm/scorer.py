@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from tqdm.auto import tqdm
 
+from tokenrec.artifacts import load_run_tables, load_tokenizer
 from tokenrec.config import PROMPT_VARIANTS, Config, LlmConfig, RetrievalConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError
@@ -43,16 +44,12 @@ from tokenrec.llm.backbone import add_id_tokens, load_backbone
 from tokenrec.llm.prompts import PROMPT_LAYOUTS, PromptEncoder, build_prompts, history_codes, select_rows
 from tokenrec.models.llm4rec import LLM4Rec
 from tokenrec.models.quantizer import Tokenizer
+from tokenrec.run_folder import RunFolder
 from tokenrec.serving.retrieval import ItemIndex
 from tokenrec.storage import read_json
 
 log = logging.getLogger(__name__)
 
-LLM_DIR = "llm"
-BACKBONE_DIR = "backbone"
-PROJECTION_FILE = "projection.safetensors"
-MANIFEST_FILE = "llm.json"
-TOKENS_FILE = Path("tokenizer") / "tokens.safetensors"
 # evaluation model name -> prompt variant (DESIGN.md, "Machine-readable results")
 EVAL_MODELS = {"tokenrec": "full", "tokenrec_id_only": "id_only", "tokenrec_unseen_prompt": "unseen_prompt"}
 PROMPT_MODE = {"full": "eval", "id_only": "eval", "unseen_prompt": "unseen"}
@@ -238,24 +235,19 @@ class TokenRecScorer:
         """
         from tokenrec.training.device import autocast_dtype, pick_device
 
-        run_dir = Path(run_dir)
-        folder = run_dir / LLM_DIR
-        manifest_path = folder / MANIFEST_FILE
+        run = RunFolder(run_dir)
+        manifest_path = run.llm_manifest
         if not manifest_path.is_file():
             raise InputError(manifest_path, "no trained LLM4Rec here", "Run `tokenrec train-llm` first.")
         manifest = read_json(manifest_path)
         device = device or pick_device(cfg.train.device)
-        found = {**load_run_tables(run_dir, manifest["item_vectors"]), **(tables or {})}
-        user_decoder = None
-        if cfg.retrieval.user_token_weight:
-            from tokenrec.tasks.train_tokenizer import load_tokenizer
-
-            user_decoder = load_tokenizer(run_dir / "tokenizer", "user")
-        backbone_cfg = LlmConfig(backbone=str(folder / BACKBONE_DIR), dtype=cfg.llm.dtype)
-        backbone = load_backbone(backbone_cfg, folder)
+        found = {**load_run_tables(run, manifest["item_vectors"]), **(tables or {})}
+        user_decoder = load_tokenizer(run, "user") if cfg.retrieval.user_token_weight else None
+        backbone_cfg = LlmConfig(backbone=str(run.backbone), dtype=cfg.llm.dtype)
+        backbone = load_backbone(backbone_cfg, run.llm)
         add_id_tokens(backbone, manifest["levels"], manifest["codebook_size"])  # already present: no change
         model = LLM4Rec(backbone, manifest["out_dim"], manifest["proj_hidden"])
-        model.projection.load_state_dict(load_tensors((folder / PROJECTION_FILE).read_bytes()))
+        model.projection.load_state_dict(load_tensors(run.projection.read_bytes()))
         model.to(device).eval()
         return cls(
             model,
@@ -272,39 +264,6 @@ class TokenRecScorer:
             user_decoder,
             manifest.get("prompt_layout", "pooled"),  # models from before causal training were pooled
         )
-
-
-def load_run_tables(run_dir: Path, item_vectors: str = "item") -> dict[str, np.ndarray]:
-    """``user_codes`` ``(n_users, K)``, ``item_codes`` ``(n_items, K)`` and ``item_vectors`` ``(n_items, d)``.
-
-    Args:
-        run_dir: the run folder (``tokenizer/tokens.safetensors``, ``gnn/embeddings.safetensors``).
-        item_vectors: the GNN tensor to retrieve against, ``item`` (propagated) or ``item_ego``.
-
-    Raises:
-        InputError: a file is missing or the tables disagree on the number of items.
-    """
-    from tokenrec.tasks.train_gnn import load_embeddings
-
-    path = Path(run_dir) / TOKENS_FILE
-    if not path.is_file():
-        raise InputError(
-            path, "ID token table not found", "Run `tokenrec train-tokenizer` for this run first."
-        )
-    tokens = load_tensors(path.read_bytes())
-    embeddings = load_embeddings(Path(run_dir))
-    tables = {
-        "user_codes": tokens["user_codes"].numpy(),
-        "item_codes": tokens["item_codes"].numpy(),
-        "item_vectors": embeddings[item_vectors].float().numpy(),
-    }
-    if len(tables["item_codes"]) != len(tables["item_vectors"]):
-        raise InputError(
-            path,
-            f"{len(tables['item_codes'])} item token rows but {len(tables['item_vectors'])} GNN item vectors",
-            "The tokenizer and the GNN come from different runs; rerun `tokenrec train-tokenizer`.",
-        )
-    return tables
 
 
 class TokenRecRanker:

@@ -46,11 +46,13 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from tokenrec import schema
+from tokenrec.artifacts import load_tokenizer, tokenizer_hash
 from tokenrec.config import Config, RetrievalConfig, load_config, save_config
 from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError, TokenrecError
 from tokenrec.mlops import registry
+from tokenrec.run_folder import ENTITIES, PACKAGED_STAGES, RunFolder
 from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported: no network
@@ -59,17 +61,7 @@ import mlflow  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = {
-    "gnn": ("embeddings.safetensors",),
-    "tokenizer": (
-        "user_tokenizer.safetensors",
-        "item_tokenizer.safetensors",
-        "tokens.safetensors",
-        "tokenizer.json",
-    ),
-    "llm": ("llm.json", "projection.safetensors", "backbone"),
-}
-ARTIFACTS = (*RUN_FILES, "id_maps", "history", "config", "bundle")
+ARTIFACTS = (*PACKAGED_STAGES, "id_maps", "history", "config", "bundle")
 BUNDLE_FILE, CONFIG_FILE, HISTORY_FILE = "bundle.json", "config.yaml", "history.safetensors"
 BUNDLE_FORMAT = 1
 MODEL_CODE = '''"""MLflow models-from-code entry point: the pyfunc is tokenrec.mlops.packaging.TokenRecModel."""
@@ -104,20 +96,17 @@ def build_bundle(cfg: Config, run_dir: Path, snapshot: Path, out: Path) -> dict[
         InputError: a file of the run is missing, or the run does not match the snapshot or the ID maps.
         ModelIntegrityError: the tokenizer files differ from the hashes recorded in ``tokenizer.json``.
     """
-    run_dir, out = Path(run_dir), Path(out)
-    for folder, names in RUN_FILES.items():
-        for name in names:
-            source = run_dir / folder / name
-            if not source.exists():
-                raise InputError(
-                    source, "missing from the run folder", "Finish the retrain (train-llm) first."
-                )
-            target = out / folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
-    tokenizer_hash = verify_tokenizer(out / "tokenizer")
-    llm = read_json(out / "llm" / "llm.json")
-    tokens = _load_tensors(out / "tokenizer" / "tokens.safetensors")
+    run, out = RunFolder(run_dir), Path(out)
+    bundled = RunFolder(out)  # the bundle holds a run-folder view of the files inference needs
+    for source in run.packaged():
+        if not source.exists():
+            raise InputError(source, "missing from the run folder", "Finish the retrain (train-llm) first.")
+        target = out / source.relative_to(run.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    tokenizer_hash = verify_tokenizer(bundled)
+    llm = read_json(bundled.llm_manifest)
+    tokens = _load_tensors(bundled.tokens)
     n_users, n_items = len(tokens["user_codes"]), len(tokens["item_codes"])
 
     data = InteractionData.load(snapshot)
@@ -148,7 +137,7 @@ def build_bundle(cfg: Config, run_dir: Path, snapshot: Path, out: Path) -> dict[
         "levels": llm["levels"],
         "codebook_size": llm["codebook_size"],
         "item_vectors": llm["item_vectors"],
-        "tokenizer_input": read_json(out / "tokenizer" / "tokenizer.json").get("embeddings", "propagated"),
+        "tokenizer_input": read_json(bundled.tokenizer_manifest).get("embeddings", "propagated"),
         "retrieval": dataclasses.asdict(cfg.retrieval),
         "topk": cfg.inference.topk,
         "snapshot": str(snapshot),
@@ -159,15 +148,14 @@ def build_bundle(cfg: Config, run_dir: Path, snapshot: Path, out: Path) -> dict[
     return manifest
 
 
-def verify_tokenizer(folder: Path) -> str:
-    """The tokenizer hash of the files in ``folder``, recomputed; it must equal ``tokenizer.json``'s.
+def verify_tokenizer(run: RunFolder) -> str:
+    """The tokenizer hash of the files of ``run``'s ``tokenizer/``, recomputed; it must equal ``tokenizer.json``'s.
 
     Raises:
         ModelIntegrityError: a file's SHA-256 or the resulting hash differs from the recorded one.
     """
-    from tokenrec.tasks.train_tokenizer import tokenizer_hash
-
-    manifest = read_json(folder / "tokenizer.json")
+    folder = run.tokenizer
+    manifest = read_json(run.tokenizer_manifest)
     hashes = {}
     for name, recorded in manifest["sha256"].items():
         if name.endswith(".safetensors"):
@@ -220,7 +208,7 @@ def log_model(bundle_dir: Path, requirements: list[str] | None = None, name: str
     with tempfile.TemporaryDirectory(prefix="tokenrec-model-") as tmp:
         code = Path(tmp) / "tokenrec_model.py"
         code.write_text(MODEL_CODE)
-        artifacts = {key: str(bundle_dir / key) for key in (*RUN_FILES, "id_maps", "history")}
+        artifacts = {key: str(bundle_dir / key) for key in (*PACKAGED_STAGES, "id_maps", "history")}
         artifacts.update({"config": str(bundle_dir / CONFIG_FILE), "bundle": str(bundle_dir / BUNDLE_FILE)})
         info = mlflow.pyfunc.log_model(
             name=name,
@@ -259,12 +247,12 @@ class ModelBundle:
         paths = {key: Path(artifacts[key]) for key in ARTIFACTS}
         root = paths["gnn"].parent
         # MLflow keeps folder names unless they collide; otherwise link them side by side as a run folder
-        if any(paths[key] != root / key for key in RUN_FILES):
+        if any(paths[key] != root / key for key in PACKAGED_STAGES):
             root = Path(tempfile.mkdtemp(prefix="tokenrec-bundle-"))
-            for key in RUN_FILES:
+            for key in PACKAGED_STAGES:
                 (root / key).symlink_to(paths[key].resolve(), target_is_directory=True)
         manifest = read_json(paths["bundle"])
-        found = verify_tokenizer(root / "tokenizer")
+        found = verify_tokenizer(RunFolder(root))
         if found != manifest["tokenizer_hash"]:
             raise ModelIntegrityError(
                 f"bundled tokenizer hashes to {found[:12]}... but bundle.json records "
@@ -276,7 +264,9 @@ class ModelBundle:
         except ConfigError as exc:  # saved by another tokenrec version: serve with today's defaults
             log.warning("bundled config.yaml does not load (%s); using the default settings", exc)
             config = Config()
-        config.retrieval = RetrievalConfig(**manifest["retrieval"])
+        # bundles registered before retrieval.topk was removed (it was never read) still carry it
+        retrieval = {k: v for k, v in manifest["retrieval"].items() if k != "topk"}
+        config.retrieval = RetrievalConfig(**retrieval)
         return cls(root, paths, manifest, config)
 
     @property
@@ -295,15 +285,10 @@ class ModelBundle:
 
     def embeddings(self) -> dict[str, np.ndarray]:
         """The GNN tables ``user``, ``item``, ``user_ego``, ``item_ego`` as float32 arrays."""
-        return {
-            k: v.astype(np.float32)
-            for k, v in _load_tensors(self.root / "gnn" / "embeddings.safetensors").items()
-        }
+        return {k: v.astype(np.float32) for k, v in _load_tensors(RunFolder(self.root).embeddings).items()}
 
     def tokenizers(self) -> dict[str, Any]:
-        from tokenrec.tasks.train_tokenizer import load_tokenizer
-
-        return {kind: load_tokenizer(self.root / "tokenizer", kind) for kind in ("user", "item")}
+        return {kind: load_tokenizer(RunFolder(self.root), kind) for kind in ENTITIES}
 
     def scorer(self, runtime: Config | None = None) -> Any:
         """The trained model on the device of ``runtime`` (default: the bundled config, device ``auto``).

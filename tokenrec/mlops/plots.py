@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tokenrec.run_folder import HISTORY_FILE, METRICS_FILE, STATS_FILE
 from tokenrec.storage import atomic_write_bytes, read_json
 
 _NOT_CURVES = {"epoch"}  # record keys that are the x axis, not a series
@@ -38,20 +39,20 @@ def stage_plots(stage_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     """
     stage_dir, out_dir = Path(stage_dir), Path(out_dir)
     made = []
-    if (stage_dir / "history.json").is_file():
-        made.append(plot_training_curves(stage_dir / "history.json", out_dir / "training_curves.png", stage))
-    for history in sorted(stage_dir.glob("*/history.json")):
+    if (stage_dir / HISTORY_FILE).is_file():
+        made.append(plot_training_curves(stage_dir / HISTORY_FILE, out_dir / "training_curves.png", stage))
+    for history in sorted(stage_dir.glob(f"*/{HISTORY_FILE}")):
         name = history.parent.name
         made.append(
             plot_training_curves(history, out_dir / f"training_curves_{name}.png", f"{stage}: {name}")
         )
-    if (stage_dir / "metrics.json").is_file():
-        document = read_json(stage_dir / "metrics.json")
+    if (stage_dir / METRICS_FILE).is_file():
+        document = read_json(stage_dir / METRICS_FILE)
         for split in SPLITS:
             if _models(document, split):
                 made.append(plot_model_metrics(document, out_dir / f"metrics_{split}.png", split))
-    if (stage_dir / "stats.json").is_file():
-        stats = read_json(stage_dir / "stats.json")
+    if (stage_dir / STATS_FILE).is_file():
+        stats = read_json(stage_dir / STATS_FILE)
         if any(isinstance(v, dict) and "usage" in v for v in stats.values()):
             made.append(plot_codebook_usage(stats, out_dir / "codebook_usage.png"))
     return made

@@ -40,6 +40,7 @@ from typing import Any
 
 from tokenrec.config import Config
 from tokenrec.errors import TokenrecError
+from tokenrec.run_folder import HISTORY_FILE, METRICS_FILE, STATS_FILE
 from tokenrec.storage import read_json
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is first imported: no network
@@ -235,13 +236,11 @@ def log_stage(
             for k, v in flatten(cfg.to_dict(), numbers_only=False).items()
         ]
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(_key(k), v, now, step) for step, k, v in _history_metrics(stage_dir / "history.json")
-        ]
+        metrics = [Metric(_key(k), v, now, step) for step, k, v in _history_metrics(stage_dir / HISTORY_FILE)]
         final: dict[str, float] = {}
-        for name in ("metrics.json", "stats.json"):
+        for name in (METRICS_FILE, STATS_FILE):
             if (stage_dir / name).is_file():
-                prefix = "" if name == "metrics.json" else "stats."
+                prefix = "" if name == METRICS_FILE else "stats."
                 final.update({prefix + k: v for k, v in flatten(read_json(stage_dir / name)).items()})
         metrics += [Metric(_key(k), v, now, 0) for k, v in final.items()]
         _log_batches(client, run_id, metrics=metrics, params=params)

@@ -22,12 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tokenrec.models.quantizer import Tokenizer, TokenizerOutput, nearest_codeword
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """The two-layer perceptron used for every encoder and decoder of the tokenizers."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+from tokenrec.models.quantizer import Tokenizer, TokenizerOutput, mlp, nearest_codeword, vq_output
 
 
 def mask_elements(x: Tensor, mask_prob: float) -> Tensor:
@@ -82,12 +77,7 @@ class MQTokenizer(Tokenizer):
         quantized = self.lookup(codes)  # (B, K, d_c), differentiable w.r.t. the codebooks
         straight_through = latents + (quantized - latents).detach()  # value = codewords, gradient -> encoders
         recon = self.decoder(straight_through.mean(dim=1))  # (B, D)
-
-        recon_loss = ((x - recon) ** 2).sum(-1).mean()
-        codebook_loss = ((latents.detach() - quantized) ** 2).sum((-1, -2)).mean()
-        commit_loss = ((latents - quantized.detach()) ** 2).sum((-1, -2)).mean()
-        loss = recon_loss + codebook_loss + self.beta * commit_loss
-        return TokenizerOutput(recon, codes, loss, recon_loss, codebook_loss, commit_loss)
+        return vq_output(x, recon, codes, latents, quantized, self.beta)
 
     def quantize_eval(self, x: Tensor) -> tuple[Tensor, Tensor]:
         latents = self.latents(x)  # (B, K, d_c)

@@ -1,23 +1,13 @@
-"""The interface every ID tokenizer implements, its factory, and the vector-quantization helpers they share.
+"""The interface every ID tokenizer implements and the vector-quantization pieces they share.
 
 A tokenizer maps an entity's collaborative embedding ``x`` (a LightGCN row, PAPER.md section 2) to ``K``
-discrete codes, one per *level*, and back to a reconstruction of ``x``. The MQ-Tokenizer of TokenRec
-(:mod:`tokenrec.models.mq_tokenizer`) is the default; the ablations of the paper's Table VI live beside it and are
-chosen by ``cfg.tokenizer.kind``:
+discrete codes, one per *level*, and back to a reconstruction of ``x``. The concrete tokenizers (the
+MQ-Tokenizer of TokenRec and the ablations of the paper's Table VI) each live in their own module and import
+this one; :mod:`tokenrec.models.tokenizers` builds the one ``cfg.tokenizer.kind`` names.
 
-=========  ======================================================================  =======================
-kind       what                                                                    module
-=========  ======================================================================  =======================
-mq         masking, K parallel MLP encoders, K codebooks, decoder of the mean       mq_tokenizer
-single     the same with one encoder and one codebook ("w/o K-way", K = 1)          mq_tokenizer
-vqvae      plain VQ-VAE: one encoder emitting K latents, one shared codebook       vqvae
-rqvae      residual quantization: K codebooks quantize successive residuals        rqvae
-kmeans     residual k-means on the raw embeddings, nothing trained                 kmeans_tokenizer
-=========  ======================================================================  =======================
-
-"Without masking" is ``mq`` with ``mask_prob = 0``. Every tokenizer keeps its codewords in one parameter
-``codebooks`` of shape ``(n_books, L, d_c)`` and says which book each level reads (``level_book``), so k-means
-initialisation, dead-code re-seeding and the statistics are written once, here.
+Every tokenizer keeps its codewords in one parameter ``codebooks`` of shape ``(n_books, L, d_c)`` and says
+which book each level reads (``level_book``), so k-means initialisation, dead-code re-seeding, the training
+loss (:func:`vq_output`) and the statistics are written once, here.
 
 Pure model code: no file I/O.
 """
@@ -32,8 +22,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from tokenrec.config import TOKENIZER_KINDS, TokenizerConfig
 
 _CHUNK = 65536  # rows per distance computation; bounds memory at _CHUNK * L floats
 
@@ -206,29 +194,36 @@ class _eval_mode:
         self.module.train(self.was_training)
 
 
-def build_tokenizer(cfg: TokenizerConfig, input_dim: int) -> Tokenizer:
-    """The tokenizer that ``cfg.kind`` names, for embeddings of size ``input_dim``."""
-    from tokenrec.models.kmeans_tokenizer import KMeansTokenizer
-    from tokenrec.models.mq_tokenizer import MQTokenizer
-    from tokenrec.models.rqvae import RQVAE
-    from tokenrec.models.vqvae import VQVAE
-
-    common = dict(input_dim=input_dim, codebook_size=cfg.codebook_size)
-    if cfg.kind == "kmeans":
-        return KMeansTokenizer(num_levels=cfg.codebooks, **common)
-    common.update(code_dim=cfg.code_dim, hidden_dim=cfg.hidden_dim, beta=cfg.beta)
-    if cfg.kind == "mq":
-        return MQTokenizer(num_levels=cfg.codebooks, mask_prob=cfg.mask_prob, **common)
-    if cfg.kind == "single":
-        return MQTokenizer(num_levels=1, mask_prob=cfg.mask_prob, kind="single", **common)
-    if cfg.kind == "vqvae":
-        return VQVAE(num_levels=cfg.codebooks, **common)
-    if cfg.kind == "rqvae":
-        return RQVAE(num_levels=cfg.codebooks, **common)
-    raise ValueError(f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}; got {cfg.kind!r}")
-
-
 # ------------------------------------------------------------------------------------- VQ helpers
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """The two-layer perceptron used for every encoder and decoder of the tokenizers."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+def vq_output(
+    x: Tensor, recon: Tensor, codes: Tensor, inputs: Tensor, codewords: Tensor, beta: float
+) -> TokenizerOutput:
+    """The training pass's losses (PAPER.md eq. 4): reconstruction + codebook + ``beta`` * commitment.
+
+    ``||x - r||^2 + sum_k ||sg[a^k] - c^k||^2 + beta * sum_k ||a^k - sg[c^k]||^2``, means over the batch of
+    per-entity sums: the codebook term moves the codewords towards the vectors they quantize, the commitment
+    term the encoder towards its codewords.
+
+    Args:
+        x: (B, D) the batch.
+        recon: (B, D) its reconstruction.
+        codes: (B, K) the codes chosen.
+        inputs: (B, K, d_c) the vector each level quantized, a^k (an encoder output or a residual).
+        codewords: (B, K, d_c) the codewords chosen, c^k, differentiable with respect to the codebooks.
+        beta: weight of the commitment term.
+    """
+    recon_loss = ((x - recon) ** 2).sum(-1).mean()
+    codebook_loss = ((inputs.detach() - codewords) ** 2).sum((-1, -2)).mean()
+    commit_loss = ((inputs - codewords.detach()) ** 2).sum((-1, -2)).mean()
+    loss = recon_loss + codebook_loss + beta * commit_loss
+    return TokenizerOutput(recon, codes, loss, recon_loss, codebook_loss, commit_loss)
 
 
 def nearest_codeword(z: Tensor, codebooks: Tensor) -> Tensor:

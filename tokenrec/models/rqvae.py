@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokenrec.models.mq_tokenizer import mlp
-from tokenrec.models.quantizer import Tokenizer, TokenizerOutput, nearest_codeword
+from tokenrec.models.quantizer import Tokenizer, TokenizerOutput, mlp, nearest_codeword, vq_output
 
 
 class RQVAE(Tokenizer):
@@ -68,12 +67,7 @@ class RQVAE(Tokenizer):
         inputs, codes, words = self._residual_quantize(z)  # (B, K, d_c), (B, K), (B, K, d_c)
         z_q = words.sum(dim=1)  # (B, d_c)
         recon = self.decoder(z + (z_q - z).detach())  # straight-through: gradient of z_q goes to z
-
-        recon_loss = ((x - recon) ** 2).sum(-1).mean()
-        codebook_loss = ((inputs.detach() - words) ** 2).sum((-1, -2)).mean()
-        commit_loss = ((inputs - words.detach()) ** 2).sum((-1, -2)).mean()
-        loss = recon_loss + codebook_loss + self.beta * commit_loss
-        return TokenizerOutput(recon, codes, loss, recon_loss, codebook_loss, commit_loss)
+        return vq_output(x, recon, codes, inputs, words, self.beta)
 
     def quantize_eval(self, x: Tensor) -> tuple[Tensor, Tensor]:
         inputs, codes, _ = self._residual_quantize(self.encoder(x))

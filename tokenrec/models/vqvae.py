@@ -14,8 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from tokenrec.models.mq_tokenizer import mlp
-from tokenrec.models.quantizer import Tokenizer, TokenizerOutput, nearest_codeword
+from tokenrec.models.quantizer import Tokenizer, TokenizerOutput, mlp, nearest_codeword, vq_output
 
 
 class VQVAE(Tokenizer):
@@ -60,12 +59,7 @@ class VQVAE(Tokenizer):
         quantized = self.lookup(codes)  # (B, K, d_c)
         straight_through = latents + (quantized - latents).detach()
         recon = self.decoder(straight_through.flatten(1))  # (B, K * d_c) -> (B, D)
-
-        recon_loss = ((x - recon) ** 2).sum(-1).mean()
-        codebook_loss = ((latents.detach() - quantized) ** 2).sum((-1, -2)).mean()
-        commit_loss = ((latents - quantized.detach()) ** 2).sum((-1, -2)).mean()
-        loss = recon_loss + codebook_loss + self.beta * commit_loss
-        return TokenizerOutput(recon, codes, loss, recon_loss, codebook_loss, commit_loss)
+        return vq_output(x, recon, codes, latents, quantized, self.beta)
 
     def quantize_eval(self, x: Tensor) -> tuple[Tensor, Tensor]:
         latents = self.latents(x)

@@ -1,4 +1,4 @@
-"""The HTML of the nightly report (:mod:`tokenrec.reporting.report` gathers the numbers, this module lays them out).
+"""The HTML of the nightly report (:mod:`tokenrec.reporting.facts` gathers the numbers, this module lays them out).
 
 One static page: values escaped with :func:`html.escape`, the skeleton a :class:`string.Template`, plots
 PNG ``data:`` URIs drawn by :mod:`tokenrec.mlops.plots` (and the popularity histogram here), and a
@@ -15,26 +15,25 @@ import math
 import tempfile
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tokenrec.config import Config
+from tokenrec.reporting.facts import ModelFacts, OutputStats
+from tokenrec.run_folder import GNN, LLM, TOKENIZER, RunFolder
 from tokenrec.storage import read_json
 
-if TYPE_CHECKING:
-    from tokenrec.reporting.report import ModelFacts, OutputStats
-
 SPLITS = ("valid", "test")
-TRAINING_CURVES = (("gnn", "LightGCN"), ("llm", "LLM (TokenRec)"), ("tokenizer", "ID tokenizer"))
+TRAINING_CURVES = ((GNN, "LightGCN"), (LLM, "LLM (TokenRec)"), (TOKENIZER, "ID tokenizer"))
 
 
-def render(
+def render_page(
     cfg: Config,
     ds: str,
     manifest: dict[str, Any],
     facts: ModelFacts,
-    run_dir: Path | None,
+    run: RunFolder | None,
     stats: OutputStats,
     examples: list[dict[str, Any]],
 ) -> str:
@@ -44,7 +43,7 @@ def render(
         [
             overview(cfg, manifest, facts),
             model_section(cfg, facts),
-            training_section(run_dir),
+            training_section(run),
             coverage_section(stats),
             examples_section(examples),
         ]
@@ -132,13 +131,14 @@ def model_section(cfg: Config, facts: ModelFacts) -> str:
     return section("model", "Model against the champion", "\n".join(parts))
 
 
-def training_section(run_dir: Path | None) -> str:
+def training_section(run: RunFolder | None) -> str:
     """Training curves of the retrain's stages and the tokenizer's codebook usage."""
-    if run_dir is None or not run_dir.is_dir():
-        return section("training", "Training", note(f"the retrain's run folder {run_dir} is not here"))
+    if run is None or not run.root.is_dir():
+        where = run.root if run is not None else None
+        return section("training", "Training", note(f"the retrain's run folder {where} is not here"))
     parts = []
-    for folder, title in TRAINING_CURVES:
-        path = run_dir / folder / "history.json"
+    for stage, title in TRAINING_CURVES:
+        path = run.history(stage)
         parts.append(f"<h3>{escape(title)}</h3>")
         if not path.is_file():
             parts.append(note(f"no {path}"))
@@ -160,7 +160,7 @@ def training_section(run_dir: Path | None) -> str:
                     ]
                 )
             )
-    stats_path = run_dir / "tokenizer" / "stats.json"
+    stats_path = run.tokenizer_stats
     parts.append("<h3>Codebook usage</h3>")
     if not stats_path.is_file():
         return section("training", "Training", "\n".join([*parts, note(f"no {stats_path}")]))

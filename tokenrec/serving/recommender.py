@@ -23,7 +23,6 @@ splits, time order); the exclusion set is every item of the user's snapshot hist
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -36,7 +35,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm.auto import tqdm
 
 from tokenrec import schema
@@ -290,26 +288,6 @@ def recommendation_table(
         },
         schema=schema.RECOMMENDATIONS,
     )
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch and faiss CPU threads (0: leave them), then restore torch's count.
-
-    Matrix products split rows over threads differently for different counts, so the last bit of a score
-    can depend on the count; engines that must agree bit for bit use the same one.
-    """
-    if count <= 0:
-        yield
-        return
-    before = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(count)
-    faiss.omp_set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        faiss.omp_set_num_threads(before[1])
 
 
 def user_batches(active: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:

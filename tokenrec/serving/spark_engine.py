@@ -29,6 +29,7 @@ score may then differ). A worker checks the tokenizer hash of what it loaded aga
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -56,6 +57,8 @@ from tokenrec.serving.recommender import (
     recommendation_table,
     user_batches,
 )
+from tokenrec.storage import atomic_open
+from tokenrec.training.device import set_threads
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -234,9 +237,10 @@ class _Worker:
     def __call__(self, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         shipped: Shipped = self.shipped.value
         writer: pq.ParquetWriter | None = None
-        tmp = final = None
+        final = None
         batches = rows = users = loads = 0
-        try:
+        # the file is renamed into place only when every batch is written (storage.atomic_open)
+        with contextlib.ExitStack() as stack:
             for batch in _whole_batches(frames):
                 recommender, loaded = self._recommender(shipped)
                 loads += loaded
@@ -247,21 +251,16 @@ class _Worker:
                 table = recommendation_table(
                     np.arange(len(batch)), scores, items, user_ids, shipped.item_ids, self.meta
                 )
-                if writer is None:
-                    name = f"part-{int(batch[BATCH].iat[0]):06d}.parquet"
-                    final = Path(self.folder) / name
-                    tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
-                    writer = pq.ParquetWriter(tmp, schema.RECOMMENDATIONS)
+                if writer is None:  # a retried task rewrites the same name
+                    final = Path(self.folder) / f"part-{int(batch[BATCH].iat[0]):06d}.parquet"
+                    writer = pq.ParquetWriter(stack.enter_context(atomic_open(final)), schema.RECOMMENDATIONS)
+                    stack.callback(writer.close)  # before the file is renamed (last in, first out)
                 writer.write_table(table)
                 batches += 1
                 rows += table.num_rows
                 users += int((items[:, 0] >= 0).sum())
-        finally:
-            if writer is not None:
-                writer.close()
         if writer is None:
             return  # an empty partition writes nothing
-        os.replace(tmp, final)  # whole file or none; a retried task rewrites the same name
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         yield pd.DataFrame(
             {"file": [final.name], "batches": [batches], "rows": [rows], "users": [users],
@@ -298,15 +297,12 @@ class _Worker:
 
 def _limit_threads(count: int) -> None:
     """Torch and faiss use ``count`` threads; 0: this task's share of the cores (``spark.task.cpus``)."""
-    import faiss
-    import torch
     from pyspark import TaskContext
 
     if count <= 0:
         context = TaskContext.get()
         count = context.cpus() if context is not None else 1
-    torch.set_num_threads(max(1, count))
-    faiss.omp_set_num_threads(max(1, count))
+    set_threads(max(1, count))
 
 
 def _whole_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

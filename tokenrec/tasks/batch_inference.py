@@ -29,24 +29,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from tokenrec import schema
 from tokenrec.config import Config
-from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
 from tokenrec.mlops import packaging, registry
+from tokenrec.serving.known_ids import current_ids
 from tokenrec.serving.recommender import (
     OutputMeta,
     Recommender,
     fold_in_bundle,
-    torch_threads,
     write_recommendations,
 )
 from tokenrec.storage import current_version, is_published, read_json, stage_partition, staged_version
+from tokenrec.training.device import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -163,33 +159,3 @@ def choose_model(cfg: Config, partition: Path) -> tuple[registry.AliasTarget, st
                 )
                 return target, f"recorded in {folder.name}"
     return registry.resolve_alias(cfg, cfg.inference.model_alias), f"alias {cfg.inference.model_alias}"
-
-
-def current_ids(lake: schema.Lake, kind: str, count: int, known: np.ndarray) -> pa.Array:
-    """Raw ids by index of the first ``count`` entries of the lake's ID map; the model's must be a prefix.
-
-    Returns a string array (no Python object per id, so a million users cost only their bytes).
-
-    Raises:
-        InputError: the map is shorter than the snapshot says, or an index the model knows has another raw id
-            (the map was rebuilt, so the model's indices mean other entities now).
-    """
-    table = read_id_map(lake.id_map(kind))
-    if table.num_rows < count:
-        raise InputError(lake.id_map(kind), f"{table.num_rows} ids but the snapshot has {count} {kind}",
-                         "Rerun the ETL for this date.")  # fmt: skip
-    ids = table.column(schema.RAW_ID).slice(0, count).combine_chunks().cast(pa.string())
-    if len(known) > count:
-        raise InputError(lake.id_map(kind), f"the snapshot has {count} {kind}, the model knows {len(known)}",
-                         "Use a snapshot at least as recent as the model's training snapshot.")  # fmt: skip
-    same = pc.equal(ids.slice(0, len(known)), pa.array(known, pa.string()))
-    differ = np.flatnonzero(~same.to_numpy(zero_copy_only=False))
-    if len(differ):
-        first = int(differ[0])
-        raise InputError(
-            lake.id_map(kind),
-            f"{len(differ)} of the {len(known)} {kind} the model knows have another raw id now "
-            f"(index {first}: {ids[first].as_py()!r}, the model's {known[first]!r})",
-            "ID maps must only grow; restore the map, or retrain and register a model on the current map.",
-        )
-    return ids

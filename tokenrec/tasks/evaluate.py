@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenrec.artifacts import load_embeddings
 from tokenrec.config import Config, save_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import ConfigError, InputError, TokenrecError
@@ -42,17 +43,13 @@ from tokenrec.evaluation.protocol import EmbeddingRanker, ScoreRanker, TopKRanke
 from tokenrec.mlops.registry import CHAMPION_ENTRY
 from tokenrec.models.mf import MatrixFactorization
 from tokenrec.models.mostpop import MostPopular
+from tokenrec.run_folder import RunFolder
 from tokenrec.storage import atomic_write_json
-from tokenrec.tasks import train_gnn
-from tokenrec.tasks.train_gnn import load_embeddings
 from tokenrec.training.device import seed_everything
 from tokenrec.training.gnn import train_bpr
 from tokenrec.training.sasrec import SequenceRanker, build_sasrec, train_sasrec
 
 log = logging.getLogger(__name__)
-
-EVAL_DIR = "eval"
-METRICS_FILE = "metrics.json"
 
 RankerBuilder = Callable[[Config, InteractionData, Path], ScoreRanker | TopKRanker]
 REGISTRY: dict[str, RankerBuilder] = {}
@@ -100,14 +97,13 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"eval.baselines names unknown models {unknown}; registered: {', '.join(sorted(REGISTRY))}"
         )
-    run_dir = Path(run_dir)
-    out = run_dir / EVAL_DIR
-    save_config(cfg, out)
+    run = RunFolder(run_dir)
+    save_config(cfg, run.eval)
     data = InteractionData.load(snapshot)
     results: dict[str, Any] = {}
     for name in cfg.eval.baselines:
         log.info("evaluate: building %s", name)
-        ranker = REGISTRY[name](cfg, data, run_dir)
+        ranker = REGISTRY[name](cfg, data, run.root)
         results[name] = evaluate_valid_test(
             data, ranker, cfg.eval.ks, cfg.eval.batch_size, cfg.train.progress
         )
@@ -115,7 +111,7 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     document = {**results, "dataset": data.name, "protocol": protocol(cfg)}
     if cfg.mlflow.score_champion:
         document[CHAMPION_ENTRY] = score_champion(cfg, data)
-    path = atomic_write_json(out / METRICS_FILE, document)
+    path = atomic_write_json(run.eval_metrics, document)
     summary = {"metrics": str(path), "test": {name: results[name]["test"] for name in results}}
     if cfg.mlflow.score_champion:
         champion = document[CHAMPION_ENTRY]
@@ -181,8 +177,8 @@ class ChampionRanker:
         """
         from tokenrec import schema
         from tokenrec.mlops import packaging
+        from tokenrec.serving.known_ids import current_ids
         from tokenrec.serving.recommender import Recommender, fold_in_bundle
-        from tokenrec.tasks.batch_inference import current_ids
 
         model = packaging.load_version(target).configure(cfg)
         lake = schema.Lake.at(cfg.paths.lake)
@@ -216,7 +212,7 @@ def _mostpop(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
 def _mf(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRanker:
     seed_everything(cfg.train.seed)
     model = MatrixFactorization(data.n_users, data.n_items, cfg.mf.dim, cfg.mf.init_std)
-    train_bpr(model, data, cfg.mf, cfg.train, cfg.eval.ks, run_dir / EVAL_DIR / "mf", name="mf")
+    train_bpr(model, data, cfg.mf, cfg.train, cfg.eval.ks, RunFolder(run_dir).baseline("mf"), name="mf")
     return EmbeddingRanker(*model.propagate())
 
 
@@ -227,7 +223,9 @@ def _sasrec(name: str, loss: str | None) -> RankerBuilder:
         settings = cfg.sasrec if loss is None else dataclasses.replace(cfg.sasrec, loss=loss)
         seed_everything(cfg.train.seed)
         model = build_sasrec(data, settings)
-        train_sasrec(model, data, settings, cfg.train, cfg.eval.ks, run_dir / EVAL_DIR / name, name=name)
+        train_sasrec(
+            model, data, settings, cfg.train, cfg.eval.ks, RunFolder(run_dir).baseline(name), name=name
+        )
         return SequenceRanker(model, data, settings.max_len)
 
     return build
@@ -248,11 +246,12 @@ def _lightgcn_ego(cfg: Config, data: InteractionData, run_dir: Path) -> ScoreRan
 
 
 def _gnn_ranker(data: InteractionData, run_dir: Path, user_key: str, item_key: str) -> ScoreRanker:
-    tensors = load_embeddings(run_dir)
+    run = RunFolder(run_dir)
+    tensors = load_embeddings(run, [user_key, item_key])
     users, items = tensors[user_key], tensors[item_key]
     if users.shape[0] != data.n_users or items.shape[0] != data.n_items:
         raise InputError(
-            Path(run_dir) / train_gnn.GNN_DIR,
+            run.embeddings,
             f"embeddings cover {users.shape[0]} users and {items.shape[0]} items, the snapshot "
             f"{data.n_users} and {data.n_items}",
             "Run `tokenrec train-gnn` on this snapshot into this run folder first.",

@@ -21,8 +21,14 @@ from typing import Any
 from tokenrec import schema
 from tokenrec.config import Config
 from tokenrec.errors import PublishError, TokenrecError
-from tokenrec.storage import current_version, is_published, read_json, staged_version, swap_partition
-from tokenrec.tasks.validate_recommendations import VALIDATION_FILE, file_sha256
+from tokenrec.storage import (
+    current_version,
+    file_sha256,
+    is_published,
+    read_json,
+    staged_version,
+    swap_partition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
         raise PublishError(
             f"nothing staged for {partition}; run batch_inference and validate_recommendations for {ds} first"
         )
-    marker_path = staged / VALIDATION_FILE
+    marker_path = staged / schema.VALIDATION_FILE
     if not marker_path.is_file():
         raise PublishError(
             f"staged version {staged.name} of {partition} has not passed validate_recommendations; run it "

@@ -19,11 +19,10 @@ from tokenrec import schema
 from tokenrec.config import Config
 from tokenrec.errors import InputError
 from tokenrec.mlops import packaging, registry, tracking
+from tokenrec.run_folder import RunFolder
 from tokenrec.storage import read_json
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = Path("eval") / "metrics.json"
 
 
 def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
         tracking.failing_retrain(cfg, retrain_id, "register", snapshot),
         tempfile.TemporaryDirectory(prefix="tokenrec-bundle-") as tmp,
     ):
-        metrics_path = run_dir / METRICS_FILE
+        metrics_path = RunFolder(run_dir).eval_metrics
         if not metrics_path.is_file():
             raise InputError(
                 metrics_path, "no evaluation metrics", "Run `tokenrec evaluate` for this run first."

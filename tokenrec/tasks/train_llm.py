@@ -31,25 +31,16 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save
 
+from tokenrec.artifacts import load_run_tables, load_tokenizer
 from tokenrec.config import Config, save_config
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import InputError
 from tokenrec.llm.backbone import IdVocabulary, add_id_tokens, backbone_cache_dir, load_backbone
 from tokenrec.llm.prompts import layout_for
-from tokenrec.llm.scorer import (
-    BACKBONE_DIR,
-    EVAL_MODELS,
-    LLM_DIR,
-    MANIFEST_FILE,
-    PROJECTION_FILE,
-    TokenRecRanker,
-    TokenRecScorer,
-    evaluate_ranker,
-    load_run_tables,
-)
+from tokenrec.llm.scorer import EVAL_MODELS, TokenRecRanker, TokenRecScorer, evaluate_ranker
 from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.run_folder import ENTITIES, LLM, RunFolder, gnn_table
 from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
-from tokenrec.tasks.train_tokenizer import load_tokenizer
 from tokenrec.training.device import autocast_dtype, pick_device, seed_everything
 from tokenrec.training.llm import Ranks, train_llm
 
@@ -72,16 +63,16 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     Raises:
         InputError: the GNN or tokenizer outputs are missing or do not match the snapshot.
     """
-    run_dir = Path(run_dir)
-    out = run_dir / LLM_DIR
+    run = RunFolder(run_dir)
+    out = run.llm
     ranks, device = start_distributed(cfg.train.device)
     if ranks.main:
         save_config(cfg, out)
-    inputs = prepare(cfg, snapshot, run_dir)
+    inputs = prepare(cfg, snapshot, run.root)
     model, vocab, data, tables = inputs.model, inputs.vocab, inputs.data, inputs.tables
     item_key, levels, size = inputs.item_key, inputs.levels, inputs.size
     log.info("train-llm on %s: %s, %d ID tokens, world %d", snapshot, data.summary(), 2 * levels * size, ranks.world)
-    user_decoder = load_tokenizer(run_dir / "tokenizer", "user") if cfg.retrieval.user_token_weight else None
+    user_decoder = load_tokenizer(run, "user") if cfg.retrieval.user_token_weight else None
     result = train_llm(
         model, vocab, data, tables, cfg.llm, cfg.train, device, cfg.eval.ks, out, ranks, cfg.retrieval, user_decoder
     )
@@ -113,7 +104,7 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     trained = [h for h in result.history if h.get("samples")]
     speed = sum(h["samples"] for h in trained) / max(1e-9, sum(h["seconds"] for h in trained))
     if ranks.main:
-        save_model(model, vocab, cfg, out, item_key, result.best_epoch, levels, size)
+        save_model(model, vocab, cfg, run, item_key, result.best_epoch, levels, size)
         metrics = {
             **scores,
             "best_epoch": result.best_epoch,
@@ -122,8 +113,8 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
             "dataset": data.name,
             "world_size": ranks.world,
         }
-        atomic_write_json(out / "metrics.json", metrics)
-        atomic_write_bytes(out / "training_curve.png", training_curve_png(result.history))
+        atomic_write_json(run.metrics(LLM), metrics)
+        atomic_write_bytes(run.training_curve, training_curve_png(result.history))
     first = next(iter(scores.values()), {})
     log.info("train-llm: best epoch %d of %d, test %s", result.best_epoch, result.epochs, first.get("test"))
     return {
@@ -154,26 +145,23 @@ def prepare(cfg: Config, snapshot: Path, run_dir: Path) -> LlmInputs:
     Raises:
         InputError: the GNN or tokenizer outputs are missing or do not match the snapshot.
     """
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     data = InteractionData.load(snapshot)
-    item_key = "item_ego" if cfg.gnn.output == "ego" else "item"
-    tables = load_run_tables(run_dir, item_key)
-    check_tables(tables, data, run_dir)
+    item_key = gnn_table("item", cfg.gnn.output)
+    tables = load_run_tables(run, item_key)
+    check_tables(tables, data, run)
     levels = int(max(tables["user_codes"].shape[1], tables["item_codes"].shape[1]))
-    manifest_path = run_dir / "tokenizer" / "tokenizer.json"
+    manifest_path = run.tokenizer_manifest
     if not manifest_path.is_file():
         raise InputError(manifest_path, "no complete tokenizer here", "Run `tokenrec train-tokenizer` first.")
     manifest = read_json(manifest_path)
     size = max(
         [int(spec["codebook_size"]) for spec in manifest["entities"].values()]
-        + [int(tables[f"{kind}_codes"].max()) + 1 for kind in ("user", "item")]
+        + [int(tables[f"{kind}_codes"].max()) + 1 for kind in ENTITIES]
     )
     codebooks = None
     if cfg.llm.token_init == "codeword":
-        codebooks = {
-            kind: tokenizer_codebooks(run_dir, kind, levels, size, cfg.train.seed)
-            for kind in ("user", "item")
-        }
+        codebooks = {kind: tokenizer_codebooks(run, kind, levels, size, cfg.train.seed) for kind in ENTITIES}
 
     seed_everything(cfg.train.seed)
     backbone = load_backbone(cfg.llm, backbone_cache_dir(cfg))
@@ -203,25 +191,25 @@ def start_distributed(preference: str) -> tuple[Ranks, torch.device]:
     return Ranks(dist.get_rank(), dist.get_world_size()), device
 
 
-def check_tables(tables: dict[str, np.ndarray], data: InteractionData, run_dir: Path) -> None:
+def check_tables(tables: dict[str, np.ndarray], data: InteractionData, run: RunFolder) -> None:
     """The token table and GNN embeddings must cover every user and item of the snapshot."""
     for kind, count in (("user", data.n_users), ("item", data.n_items)):
         rows = len(tables[f"{kind}_codes"])
         if rows != count:
             raise InputError(
-                run_dir / "tokenizer" / "tokens.safetensors",
+                run.tokens,
                 f"{rows} {kind} token rows but the snapshot has {count} {kind}s",
                 "Train the GNN and the tokenizer on this snapshot (same run folder) first.",
             )
 
 
-def tokenizer_codebooks(run_dir: Path, kind: str, levels: int, size: int, seed: int) -> torch.Tensor:
+def tokenizer_codebooks(run: RunFolder, kind: str, levels: int, size: int, seed: int) -> torch.Tensor:
     """The ``kind`` tokenizer's codewords per level, ``(levels, size, d_c)``, for ``llm.token_init=codeword``.
 
     Levels or codes the tokenizer does not have (the disambiguation level) get random codewords with the
     spread of the real ones.
     """
-    tokenizer = load_tokenizer(run_dir / "tokenizer", kind)
+    tokenizer = load_tokenizer(run, kind)
     every_code = torch.arange(tokenizer.codebook_size).unsqueeze(1).expand(-1, tokenizer.num_levels)  # (L, K)
     books = tokenizer.lookup(every_code).detach().float().transpose(0, 1)  # (K, L, d_c)
     generator = torch.Generator().manual_seed(seed)
@@ -234,19 +222,19 @@ def save_model(
     model: LLM4Rec,
     vocab: IdVocabulary,
     cfg: Config,
-    out: Path,
+    run: RunFolder,
     item_key: str,
     best_epoch: int,
     levels: int,
     size: int,
 ) -> None:
-    """Write the backbone folder, the projection and ``llm.json`` (written last: marks a complete output)."""
-    model.backbone.save(out / BACKBONE_DIR)
+    """Write ``run``'s backbone folder, projection and ``llm.json`` (written last: marks a complete output)."""
+    model.backbone.save(run.backbone)
     weights = {k: v.detach().float().cpu().contiguous() for k, v in model.projection.state_dict().items()}
-    atomic_write_bytes(out / PROJECTION_FILE, save(weights))
+    atomic_write_bytes(run.projection, save(weights))
     manifest = {
         "base_backbone": cfg.llm.backbone,
-        "backbone": BACKBONE_DIR,
+        "backbone": run.backbone.name,
         "architecture": model.backbone.architecture,
         "pooling": model.backbone.pooling,
         "hidden_size": model.backbone.hidden_size,
@@ -263,7 +251,7 @@ def save_model(
         "best_epoch": best_epoch,
         "config_hash": cfg.hash(),
     }
-    atomic_write_json(out / MANIFEST_FILE, manifest)
+    atomic_write_json(run.llm_manifest, manifest)
 
 
 def training_curve_png(history: list[dict[str, Any]]) -> bytes:

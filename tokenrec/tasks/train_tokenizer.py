@@ -9,7 +9,8 @@ section 2) and writes into ``run_dir/tokenizer/``:
 - ``stats.json``: per entity kind, codebook usage and perplexity per level, reconstruction error, collisions;
 - ``history.json``: per entity kind, one record per epoch (losses, usage, perplexity, re-seeded codes);
 - ``user_codebook_usage.png``, ``item_codebook_usage.png``: rank-frequency of the codes of every level;
-- ``config.yaml``; and, last, ``tokenizer.json``: what rebuilds the modules (:func:`load_tokenizer`), the
+- ``config.yaml``; and, last, ``tokenizer.json``: what rebuilds the modules
+  (:func:`tokenrec.artifacts.load_tokenizer`), the
   SHA-256 of every file above and ``tokenizer_hash`` (weights + token table), so that a later stage can
   refuse a tokenizer that drifted from its model.
 
@@ -26,23 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save
+from safetensors.torch import save
 from torch import Tensor
 
-from tokenrec.config import Config, TokenizerConfig, save_config
-from tokenrec.errors import InputError
-from tokenrec.models.quantizer import Tokenizer, build_tokenizer, disambiguate
-from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
-from tokenrec.training.tokenizer import TrainedTokenizer, checkpoint_dir_for, fit_tokenizer
+from tokenrec.artifacts import load_embeddings, tokenizer_hash
+from tokenrec.config import Config, save_config
+from tokenrec.models.quantizer import disambiguate, perplexity
+from tokenrec.run_folder import ENTITIES, TOKENIZER, RunFolder, gnn_table
+from tokenrec.storage import atomic_write_bytes, atomic_write_json
+from tokenrec.training.tokenizer import TrainedTokenizer, fit_tokenizer
 
 log = logging.getLogger(__name__)
-
-ENTITIES = ("user", "item")
-EMBEDDINGS_FILE = Path("gnn") / "embeddings.safetensors"
-TOKENIZER_DIR = "tokenizer"
-TOKENS_FILE = "tokens.safetensors"
-MANIFEST_FILE = "tokenizer.json"
 
 
 def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
@@ -60,34 +55,31 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         InputError: the GNN embeddings are missing, unreadable, incomplete or not finite.
     """
     del snapshot  # the tokenizer's only input is the GNN output
-    run_dir = Path(run_dir)
-    out = run_dir / TOKENIZER_DIR
-    embeddings = load_gnn_embeddings(run_dir, cfg.gnn.output)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # a rerun: the folder is incomplete until it is rewritten
+    run = RunFolder(run_dir)
+    out = run.tokenizer
+    embeddings = tokenizer_inputs(run, cfg.gnn.output)
+    run.tokenizer_manifest.unlink(missing_ok=True)  # a rerun: the folder is incomplete until it is rewritten
 
     trained: dict[str, TrainedTokenizer] = {}
     tables: dict[str, Tensor] = {}
     hashes: dict[str, str] = {}
     for entity in ENTITIES:
         result = fit_tokenizer(
-            embeddings[entity], cfg.tokenizer, cfg.train, checkpoint_dir_for(out, entity), name=entity
+            embeddings[entity], cfg.tokenizer, cfg.train, run.tokenizer_checkpoints(entity), name=entity
         )
         trained[entity] = result
         tables[entity] = disambiguate(result.codes) if cfg.tokenizer.disambiguate else result.codes
-        weights_file = f"{entity}_tokenizer.safetensors"
-        hashes[weights_file] = _write(out / weights_file, save(_contiguous(result.model.state_dict())))
-        plot_file = f"{entity}_codebook_usage.png"
-        hashes[plot_file] = _write(
-            out / plot_file, usage_plot_png(result.codes, result.model.codebook_size, entity)
-        )
+        _write(run.tokenizer_weights(entity), save(_contiguous(result.model.state_dict())), hashes)
+        _write(run.codebook_usage_plot(entity), usage_plot_png(result.codes, result.model.codebook_size, entity),
+               hashes)  # fmt: skip
 
     tokens = {f"{entity}_codes": tables[entity].to(torch.int64).contiguous() for entity in ENTITIES}
-    hashes[TOKENS_FILE] = _write(out / TOKENS_FILE, save(tokens))
+    _write(run.tokens, save(tokens), hashes)
     stats = {
         entity: {**trained[entity].stats, "token_levels": tables[entity].shape[1]} for entity in ENTITIES
     }
-    atomic_write_json(out / "stats.json", stats)
-    atomic_write_json(out / "history.json", {entity: trained[entity].history for entity in ENTITIES})
+    atomic_write_json(run.tokenizer_stats, stats)
+    atomic_write_json(run.history(TOKENIZER), {entity: trained[entity].history for entity in ENTITIES})
     save_config(cfg, out)
     manifest = {
         "kind": cfg.tokenizer.kind,
@@ -100,16 +92,16 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
                 "count": int(tables[entity].shape[0]),
                 "token_levels": int(tables[entity].shape[1]),
                 "level_sizes": level_sizes(tables[entity], trained[entity].model.codebook_size),
-                "weights": f"{entity}_tokenizer.safetensors",
+                "weights": run.tokenizer_weights(entity).name,
             }
             for entity in ENTITIES
         },
-        "tokens": TOKENS_FILE,
+        "tokens": run.tokens.name,
         "sha256": hashes,
         "tokenizer_hash": tokenizer_hash(hashes),
         "config_hash": cfg.hash(),
     }
-    atomic_write_json(out / MANIFEST_FILE, manifest)  # written last: its presence means a complete output
+    atomic_write_json(run.tokenizer_manifest, manifest)  # written last: its presence means a complete output
     summary = {
         "tokenizer_dir": str(out),
         "kind": cfg.tokenizer.kind,
@@ -126,85 +118,22 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def load_gnn_embeddings(run_dir: Path, output: str = "propagated") -> dict[str, Tensor]:
-    """The user and item embeddings the tokenizers read: ``{"user": (n_users, d), "item": (n_items, d)}``.
+def tokenizer_inputs(run: RunFolder, output: str = "propagated") -> dict[str, Tensor]:
+    """The GNN tables the tokenizers read, ``{"user": (n_users, d), "item": (n_items, d)}`` (``gnn.output``).
 
     Raises:
-        InputError: the file is missing or unreadable, a tensor is absent, not 2-D, or not finite.
+        InputError: the embeddings are missing, unreadable, not 2-D or not finite
+            (:func:`tokenrec.artifacts.load_embeddings`).
     """
-    path = Path(run_dir) / EMBEDDINGS_FILE
-    if not path.is_file():
-        raise InputError(path, "GNN embeddings not found", "Run `tokenrec train-gnn` for this run first.")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise InputError(
-            path, f"cannot read the GNN embeddings ({exc})", "Rerun `tokenrec train-gnn`."
-        ) from exc
-    suffix = "_ego" if output == "ego" else ""
-    found = {}
-    for entity in ENTITIES:
-        key = f"{entity}{suffix}"
-        if key not in tensors:
-            raise InputError(
-                path,
-                f"tensor {key!r} (gnn.output={output}) is missing; present: {', '.join(sorted(tensors))}",
-                "Rerun `tokenrec train-gnn`, or set gnn.output to match the file.",
-                field=key,
-            )
-        value = tensors[key]
-        if value.ndim != 2 or value.shape[0] == 0:
-            raise InputError(
-                path,
-                f"{key} must be a non-empty (n, d) matrix, got {tuple(value.shape)}",
-                "Rerun `tokenrec train-gnn`.",
-                field=key,
-            )
-        bad = int((~torch.isfinite(value)).any(dim=1).sum())
-        if bad:
-            raise InputError(
-                path,
-                f"{key} has {bad} rows with NaN or infinite values",
-                "The GNN training diverged; rerun `tokenrec train-gnn` (lower gnn.lr).",
-                field=key,
-            )
-        found[entity] = value.float()
-    return found
-
-
-def load_tokenizer(tokenizer_dir: Path, entity: str) -> Tokenizer:
-    """Rebuild the trained ``entity`` (``user`` or ``item``) tokenizer of a ``tokenizer/`` folder, in eval mode.
-
-    Raises:
-        InputError: the folder is incomplete, or the weights' SHA-256 differs from the one in tokenizer.json.
-    """
-    tokenizer_dir = Path(tokenizer_dir)
-    manifest_path = tokenizer_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise InputError(manifest_path, "no complete tokenizer here", "Run `tokenrec train-tokenizer` first.")
-    manifest = read_json(manifest_path)
-    if entity not in manifest["entities"]:
-        raise InputError(manifest_path, f"no tokenizer for {entity!r}", f"Use one of {', '.join(ENTITIES)}.")
-    spec = manifest["entities"][entity]
-    weights_path = tokenizer_dir / spec["weights"]
-    blob = weights_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != manifest["sha256"][spec["weights"]]:
-        raise InputError(
-            weights_path,
-            "weights differ from those recorded in tokenizer.json",
-            "Do not mix files of different runs; rerun `tokenrec train-tokenizer`.",
-        )
-    model = build_tokenizer(TokenizerConfig(**manifest["tokenizer"]), spec["input_dim"])
-    model.load_state_dict(load(blob))
-    return model.eval()
+    names = {entity: gnn_table(entity, output) for entity in ENTITIES}
+    tables = load_embeddings(run, list(names.values()))
+    return {entity: tables[name] for entity, name in names.items()}
 
 
 def usage_plot_png(codes: Tensor, codebook_size: int, entity: str) -> bytes:
     """PNG of the sorted code frequencies of every level (a flat line = every code equally used)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no global backend switch (Agg, headless)
     from matplotlib.figure import Figure
-
-    from tokenrec.models.quantizer import perplexity
 
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)
@@ -229,12 +158,6 @@ def usage_plot_png(codes: Tensor, codebook_size: int, entity: str) -> bytes:
     return buffer.getvalue()
 
 
-def tokenizer_hash(hashes: dict[str, str]) -> str:
-    """One SHA-256 naming both tokenizers and the token table (what a model built on them records)."""
-    parts = [f"{name}={hashes[name]}" for name in sorted(hashes) if name.endswith(".safetensors")]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
 def level_sizes(table: Tensor, codebook_size: int) -> list[int]:
     """Vocabulary size of every column of a token table.
 
@@ -244,9 +167,10 @@ def level_sizes(table: Tensor, codebook_size: int) -> list[int]:
     return [max(codebook_size, int(column.max()) + 1) for column in table.T]
 
 
-def _write(path: Path, blob: bytes) -> str:
+def _write(path: Path, blob: bytes, hashes: dict[str, str]) -> None:
+    """Write ``blob`` to ``path`` and record its SHA-256 under the file name in ``hashes``."""
     atomic_write_bytes(path, blob)
-    return hashlib.sha256(blob).hexdigest()
+    hashes[path.name] = hashlib.sha256(blob).hexdigest()
 
 
 def _contiguous(state: dict[str, Tensor]) -> dict[str, Tensor]:

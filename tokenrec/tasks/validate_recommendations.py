@@ -28,7 +28,6 @@ the totals) beside it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -50,11 +49,10 @@ from tokenrec.data.id_maps import read_id_map
 from tokenrec.data.interactions import InteractionData
 from tokenrec.errors import DataValidationError, InputError
 from tokenrec.gates.expectations import describe_failure, run_gx_suites
-from tokenrec.storage import atomic_write_json, read_json, staged_version
+from tokenrec.storage import atomic_write_json, file_sha256, read_json, staged_version
 
 log = logging.getLogger(__name__)
 
-VALIDATION_FILE = "_validation.json"
 ROWS, PER_USER, TOTALS = "recommendations", "recommendations_per_user", "recommendations_totals"
 READ_BATCH_ROWS = 65_536  # Parquet rows read at a time while a chunk fills
 
@@ -116,7 +114,7 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
         "report": str(report),
         "files": {f.name: file_sha256(f) for f in files},
     }
-    atomic_write_json(version / VALIDATION_FILE, marker)
+    atomic_write_json(version / schema.VALIDATION_FILE, marker)
     log.info(
         "recommendations %s (%s) passed %d expectations on %d chunks",
         ds, version.name, len(outcome["results"]), outcome["chunks"],
@@ -127,14 +125,6 @@ def run(cfg: Config, ds: str, run_dir: Path | None) -> dict[str, Any]:
         "chunks": outcome["chunks"],
         "report": str(report),
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -8,7 +8,7 @@ else (a full disk, a copy) costs one checkpoint, not the run.
 
 Checkpoints resume only the run that wrote them: each trainer keeps them in ``checkpoints/<fingerprint>``,
 a digest of its settings, seed and data (:func:`fingerprint`); a run with other settings or data starts fresh
-and removes the stale folder (:func:`run_folder`), instead of silently continuing a different model.
+and removes the stale folder (:func:`fingerprint_folder`), instead of silently continuing a different model.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tokenrec.storage import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def fingerprint(settings: Any, seed: int, arrays: Sequence[np.ndarray] = (), ext
     return digest.hexdigest()[:16]
 
 
-def run_folder(root: str | os.PathLike[str], key: str, remove_others: bool = True) -> Path:
+def fingerprint_folder(root: str | os.PathLike[str], key: str, remove_others: bool = True) -> Path:
     """``root/key``, the checkpoint folder of run ``key``; other runs' folders and loose checkpoints in
     ``root`` are stale (the settings or the data changed) and are removed unless ``remove_others`` is False."""
     root = Path(root)
@@ -76,14 +77,9 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Atomically write ``state`` (state dicts, counters, RNG states) as the checkpoint of ``step``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"step-{step:08d}.pt"
-        tmp = self.folder / f".step-{step:08d}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_open(final) as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
         self._prune()
         return final
 

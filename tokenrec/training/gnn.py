@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenrec.config import TrainConfig
+from tokenrec.config import GnnConfig, TrainConfig
 from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation.protocol import EmbeddingRanker, evaluate_split
+from tokenrec.models.lightgcn import LightGCN, normalized_adjacency
 from tokenrec.training.checkpoint import fingerprint
-from tokenrec.training.device import cpu_threads, pick_device, seed_everything
-from tokenrec.training.loop import SELECT_METRIC, TrainResult, fit, torch_threads
+from tokenrec.training.device import cpu_threads, pick_device, seed_everything, torch_threads
+from tokenrec.training.loop import SELECT_METRIC, TrainResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ __all__ = [
     "NegativeSampler",
     "TrainResult",
     "bpr_loss",
+    "build_lightgcn",
     "run_bpr_epoch",
     "train_bpr",
 ]
@@ -108,6 +110,16 @@ def bpr_loss(
     squares = emb.user_ego.pow(2).sum() + emb.pos_ego.pow(2).sum() + emb.neg_ego.pow(2).sum()
     reg = l2 * 0.5 * squares / len(users)
     return ranking, reg
+
+
+def build_lightgcn(data: InteractionData, cfg: GnnConfig) -> LightGCN:
+    """A fresh LightGCN over ``data``'s training graph."""
+    users, items = data.train_pairs
+    graph = normalized_adjacency(users, items, data.n_users, data.n_items)
+    threads = cfg.threads or cpu_threads()
+    return LightGCN(
+        data.n_users, data.n_items, cfg.dim, cfg.layers, graph, cfg.init_std, threads, cfg.refresh_every
+    )
 
 
 def train_bpr(

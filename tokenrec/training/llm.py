@@ -33,7 +33,6 @@ DDP, validation users are split across ranks, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -53,8 +52,15 @@ from tokenrec.llm.prompts import PromptEncoder, build_prompts, layout_for, selec
 from tokenrec.llm.scorer import TokenRecRanker, TokenRecScorer, autocast, evaluate_ranker
 from tokenrec.models.llm4rec import LLM4Rec, item_table_loss, sampled_softmax_loss, softmax_loss
 from tokenrec.models.quantizer import Tokenizer
-from tokenrec.storage import atomic_write_bytes, atomic_write_json
-from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
+from tokenrec.run_folder import CHECKPOINTS_DIR, HISTORY_FILE
+from tokenrec.storage import atomic_open, atomic_write_json
+from tokenrec.training.checkpoint import (
+    CheckpointManager,
+    fingerprint,
+    fingerprint_folder,
+    rng_state,
+    set_rng_state,
+)
 from tokenrec.training.device import autocast_dtype
 from tokenrec.training.llm_samples import CausalWindows, PrefixSamples
 from tokenrec.training.loop import SELECT_METRIC
@@ -225,7 +231,7 @@ class LlmTrainer:
         self.folder = None
         if out_dir is not None:
             self.folder = checkpoint_folder(
-                out_dir / "checkpoints", cfg, train.seed, data, tables, ranks, self.validator.scorer
+                out_dir / CHECKPOINTS_DIR, cfg, train.seed, data, tables, ranks, self.validator.scorer
             )
         self.manager = CheckpointManager(self.folder) if self.folder is not None else None
         if self.manager is not None and (found := self.manager.load_latest(map_location=device)) is not None:
@@ -258,7 +264,7 @@ class LlmTrainer:
             state.update(epoch=epoch, micro=0, partial={})
             state["history"].append(entry)
             if self.out_dir is not None and self.ranks.main:
-                atomic_write_json(self.out_dir / "history.json", state["history"])
+                atomic_write_json(self.out_dir / HISTORY_FILE, state["history"])
             if epoch % self.train.checkpoint_every == 0 or self.finished():
                 self.save_checkpoint()
         if self.best:
@@ -465,7 +471,7 @@ def checkpoint_folder(
     # how validation scores (it picks the best epoch) is part of the run too
     scoring = None if scorer is None else [scorer.index.cfg.normalize_items, scorer.user_token_weight]
     extra = ranks.world if not scoring or scoring == [True, 0.0] else [ranks.world, scoring]
-    return run_folder(root, fingerprint(cfg, seed, arrays, extra), remove_others=ranks.main)
+    return fingerprint_folder(root, fingerprint(cfg, seed, arrays, extra), remove_others=ranks.main)
 
 
 def _best_path(folder: Path, epoch: int) -> Path:
@@ -474,9 +480,8 @@ def _best_path(folder: Path, epoch: int) -> Path:
 
 def _save_best(folder: Path, epoch: int, weights: dict[str, torch.Tensor]) -> None:
     """Write the best weights of ``epoch``; older ones go once a checkpoint names this epoch best."""
-    buffer = io.BytesIO()
-    torch.save(weights, buffer)
-    atomic_write_bytes(_best_path(folder, epoch), buffer.getvalue())
+    with atomic_open(_best_path(folder, epoch)) as fh:
+        torch.save(weights, fh)
 
 
 def _prune_best(folder: Path, keep: set[int]) -> None:

@@ -11,10 +11,9 @@ complete checkpoint; trainers whose epoch ``e`` draws its randomness from a gene
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tokenrec.config import TrainConfig
+from tokenrec.run_folder import CHECKPOINTS_DIR, HISTORY_FILE
 from tokenrec.storage import atomic_write_json
-from tokenrec.training.checkpoint import CheckpointManager, rng_state, run_folder, set_rng_state
+from tokenrec.training.checkpoint import CheckpointManager, fingerprint_folder, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ def fit(
         "history": [],
     }
     best_weights: dict[str, torch.Tensor] = {}
-    manager = CheckpointManager(run_folder(out_dir / "checkpoints", run_key)) if out_dir is not None else None
+    manager = (
+        CheckpointManager(fingerprint_folder(out_dir / CHECKPOINTS_DIR, run_key))
+        if out_dir is not None
+        else None
+    )
     device = next(model.parameters()).device
     if manager is not None and (found := manager.load_latest(map_location=device)) is not None:
         _, saved = found
@@ -136,7 +140,7 @@ def fit(
         bar.update(1)
         bar.set_postfix_str(f"{_losses(entry)} best {SELECT_METRIC} {max(state['best_metric'], 0.0):.4f}")
         if out_dir is not None:
-            atomic_write_json(out_dir / "history.json", state["history"])
+            atomic_write_json(out_dir / HISTORY_FILE, state["history"])
         if manager is not None and (epoch % train.checkpoint_every == 0 or finished()):
             extra = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
             manager.save(epoch, {**state, **extra, "best_weights": best_weights})
@@ -145,25 +149,6 @@ def fit(
         model.load_state_dict(best_weights)
     model.eval()
     return TrainResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"])
-
-
-@contextlib.contextmanager
-def torch_threads(count: int, device: torch.device) -> Iterator[None]:
-    """Run a block with ``count`` torch intra-op threads on the CPU (nothing changes on a GPU).
-
-    Small per-step kernels gain little from OpenMP workers, and workers that spin-wait for them cost many
-    times more than they save as soon as other processes share the cores (measured 4-10x on a busy 2-core
-    machine), so trainers of small models pass 1.
-    """
-    if device.type != "cpu" or count < 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _losses(entry: dict[str, Any]) -> str:

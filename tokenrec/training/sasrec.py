@@ -24,9 +24,9 @@ from tokenrec.data.interactions import InteractionData
 from tokenrec.evaluation.protocol import SeenItems, evaluate_split
 from tokenrec.models.sasrec import PAD, SASRec
 from tokenrec.training.checkpoint import fingerprint
-from tokenrec.training.device import pick_device, seed_everything
+from tokenrec.training.device import pick_device, seed_everything, torch_threads
 from tokenrec.training.gnn import NegativeSampler
-from tokenrec.training.loop import TrainResult, fit, torch_threads
+from tokenrec.training.loop import TrainResult, fit
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,10 @@ afresh instead of resuming a different run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tokenrec.config import TokenizerConfig, TrainConfig
-from tokenrec.models.quantizer import Tokenizer, build_tokenizer, code_stats, perplexity
-from tokenrec.training.checkpoint import CheckpointManager, fingerprint, rng_state, run_folder, set_rng_state
-from tokenrec.training.device import pick_device, seed_everything
+from tokenrec.models.quantizer import Tokenizer, code_stats, perplexity
+from tokenrec.models.tokenizers import build_tokenizer
+from tokenrec.training.checkpoint import (
+    CheckpointManager,
+    fingerprint,
+    fingerprint_folder,
+    rng_state,
+    set_rng_state,
+)
+from tokenrec.training.device import pick_device, seed_everything, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def fit_tokenizer(
             f"{name} embeddings must be a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}"
         )
     device = pick_device(train.device)
-    with _cpu_threads(cfg.cpu_threads if device.type == "cpu" else 0):
+    with torch_threads(cfg.cpu_threads, device):
         return _fit(embeddings, cfg, train, device, checkpoint_dir, name)
 
 
@@ -164,18 +169,6 @@ def planned_epochs(cfg: TokenizerConfig, n_entities: int) -> int:
     return math.ceil(cfg.steps / math.ceil(n_entities / cfg.batch_size))
 
 
-@contextlib.contextmanager
-def _cpu_threads(threads: int) -> Iterator[None]:
-    """Limit torch's intra-op threads to ``threads`` inside the block (0 leaves them alone)."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _train_epoch(
     model: Tokenizer,
     optimizer: torch.optim.Optimizer,
@@ -232,9 +225,6 @@ def _checkpoint_folder(root: Path, embeddings: Tensor, cfg: TokenizerConfig, see
 
     Folders of other fingerprints under ``root`` are stale (the GNN or the config changed) and are removed.
     """
-    return run_folder(root, fingerprint(cfg, seed, [embeddings.detach().float().cpu().numpy()], "tokenizer"))
-
-
-def checkpoint_dir_for(folder: str | os.PathLike[str], name: str) -> Path:
-    """Where the checkpoints of tokenizer ``name`` live under a stage folder."""
-    return Path(folder) / "checkpoints" / name
+    return fingerprint_folder(
+        root, fingerprint(cfg, seed, [embeddings.detach().float().cpu().numpy()], "tokenizer")
+    )
