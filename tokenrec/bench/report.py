@@ -44,8 +44,11 @@ def _quality(doc: dict[str, Any], stem: str) -> list[str]:
         row = " | ".join(f"{PAPER[dataset][k]:.4f}" if k in PAPER[dataset] else "-" for k in METRICS)
         lines.append(f"| TokenRec as reported by the paper (its protocol) | test | {row} |")
     for name, where in res.get("carried_over", {}).items():
-        lines += ["", f"Row `{name}` kept from an earlier run (`--keep-earlier`): measured {where['date']} at commit "
-                  f"`{where['commit']}`, command `{where['command']}`."]
+        lines += [
+            "",
+            f"Row `{name}` kept from an earlier run (`--keep-earlier`): measured {where['date']} at commit "
+            f"`{where['commit']}`, command `{where['command']}`.",
+        ]
     protocol = res.get("protocol")
     if protocol:
         lines += ["", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in protocol.items()) + "."]
@@ -53,15 +56,19 @@ def _quality(doc: dict[str, Any], stem: str) -> list[str]:
     if len(seeds) > 1:
         lines += ["", "LightGCN seeds (the one best on validation NDCG@20 is the `lightgcn` row):", ""]
         lines += ["| seed | best epoch | valid HR@20 | valid NDCG@20 |", "|---|---|---|---|"]
-        lines += [f"| {s['seed']} | {s['best_epoch']} | {s['valid']['HR@20']:.4f} | {s['valid']['NDCG@20']:.4f} |"
-                  for s in seeds]
+        lines += [
+            f"| {s['seed']} | {s['best_epoch']} | {s['valid']['HR@20']:.4f} | {s['valid']['NDCG@20']:.4f} |"
+            for s in seeds
+        ]
     stats = res.get("tokenizer_stats")
     if stats:
         lines += ["", "Tokenizer statistics:", "", _TOKENIZER_HEADER, "|---|---|---|---|---|---|---|"]
         lines += [_tokenizer_row(kind, stats[kind]) for kind in ("user", "item") if kind in stats]
     extra = {k: v for k, v in res.items() if k in ("lightgcn_training", "seconds")}
     if extra:
-        extra["lightgcn_training"] = {k: v for k, v in extra.get("lightgcn_training", {}).items() if k != "seeds"}
+        extra["lightgcn_training"] = {
+            k: v for k, v in extra.get("lightgcn_training", {}).items() if k != "seeds"
+        }
         lines += ["", "Training: `" + json.dumps(extra) + "`"]
     return lines + [""]
 
@@ -90,8 +97,14 @@ def _split_cells(m: dict[str, dict[str, float]]) -> str:
 def _unseen(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     lines = [f"### Seen vs unseen users: {res.get('dataset', '?')}", "", _provenance(doc), ""]
-    lines += [f"Users: {res['users']}; protocol: " + "; ".join(f"{k}: {v}" for k, v in res["protocol"].items())]
-    lines += ["", "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"Users: {res['users']}; protocol: " + "; ".join(f"{k}: {v}" for k, v in res["protocol"].items())
+    ]
+    lines += [
+        "",
+        "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, groups in res.items():
         if isinstance(groups, dict) and isinstance(groups.get("seen"), dict):  # not the user counts
             lines += [f"| {name} | {group} | {_split_cells(m)} |" for group, m in groups.items()]
@@ -102,12 +115,19 @@ def _sweep(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     lines = [f"### TokenRec configurations tried: {res.get('dataset', '?')}", "", _provenance(doc), ""]
     lines += [res.get("note", ""), ""] + [f"- {note}" for note in res.get("notes", [])] + [""]
-    lines += ["| config | overrides | LightGCN run (valid NDCG@20) | epochs | valid HR@20 | valid NDCG@20 | "
-              "test HR@20 | test NDCG@20 | train samples/s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| config | overrides | LightGCN run (valid NDCG@20) | epochs | valid HR@20 | valid NDCG@20 | "
+        "test HR@20 | test NDCG@20 | train samples/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in res["runs"]:
         v, t = run["valid"], run.get("test", {})
         gnn = run.get("gnn", {})
-        gnn_cell = f"{Path(gnn['run']).name} ({gnn.get('valid', {}).get('NDCG@20', float('nan')):.4f})" if gnn else "-"
+        gnn_cell = (
+            f"{Path(gnn['run']).name} ({gnn.get('valid', {}).get('NDCG@20', float('nan')):.4f})"
+            if gnn
+            else "-"
+        )
         lines.append(
             f"| {run['name']} | `{' '.join(run['overrides'])}` | {gnn_cell} | {run.get('epochs', '-')} | "
             f"{v['HR@20']:.4f} | {v['NDCG@20']:.4f} | {t.get('HR@20', float('nan')):.4f} | "
@@ -119,9 +139,20 @@ def _sweep(doc: dict[str, Any]) -> list[str]:
 def _probe(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     run = f" ({Path(res['run_dir']).name})" if res.get("run_dir") else ""
-    lines = [f"### Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}{run}", "", _provenance(doc), ""]
-    lines += ["Diagnostic (tokenrec/bench/scoring_probe.py): one run's vectors scored several ways, nothing retrained.", ""]
-    lines += ["| scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |", "|---|---|---|---|---|"]
+    lines = [
+        f"### Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}{run}",
+        "",
+        _provenance(doc),
+        "",
+    ]
+    lines += [
+        "Diagnostic (tokenrec/bench/scoring_probe.py): one run's vectors scored several ways, nothing retrained.",
+        "",
+    ]
+    lines += [
+        "| scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in res.items():
         if isinstance(m, dict) and "valid" in m:
             lines.append(f"| {name} | {_split_cells(m)} |")
@@ -130,11 +161,18 @@ def _probe(doc: dict[str, Any]) -> list[str]:
 
 def _validation_trajectory(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
-    lines = [f"### TokenRec trained longer, validation only: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines = [
+        f"### TokenRec trained longer, validation only: {res.get('dataset', '?')}",
+        "",
+        _provenance(doc),
+        "",
+    ]
     lines += [res["what"] + ".", "", "Settings: `" + json.dumps(res["settings"]) + "`", ""]
     lines += ["| epoch | train samples/s | valid HR@20 | valid NDCG@20 |", "|---|---|---|---|"]
     for h in res["validation_per_epoch"]:
-        lines.append(f"| {h['epoch']} | {h['samples_per_second']:.0f} | {h['valid']['HR@20']:.4f} | {h['valid']['NDCG@20']:.4f} |")
+        lines.append(
+            f"| {h['epoch']} | {h['samples_per_second']:.0f} | {h['valid']['HR@20']:.4f} | {h['valid']['NDCG@20']:.4f} |"
+        )
     refs = res.get("reference_validation_same_split", {})
     for name, m in refs.items():
         if isinstance(m, dict):
@@ -147,7 +185,16 @@ def _validation_trajectory(doc: dict[str, Any]) -> list[str]:
 
 
 def _generic(name: str, doc: dict[str, Any]) -> list[str]:
-    return [f"### {name}", "", _provenance(doc), "", "```json", json.dumps(doc["results"], indent=2), "```", ""]
+    return [
+        f"### {name}",
+        "",
+        _provenance(doc),
+        "",
+        "```json",
+        json.dumps(doc["results"], indent=2),
+        "```",
+        "",
+    ]
 
 
 def render() -> str:
