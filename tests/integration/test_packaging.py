@@ -8,6 +8,7 @@ test_batch_inference.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -262,6 +263,142 @@ def test_a_bundle_whose_tokenizer_files_changed_refuses_to_load(world: World, tm
     tokens.write_bytes(save({"user_codes": codes[0], "item_codes": codes[1]}))
     with pytest.raises(packaging.ModelIntegrityError, match="tokens.safetensors: SHA-256"):
         mlflow.pyfunc.load_model(str(local))
+
+
+def test_the_stored_model_code_is_the_thin_installed_entry_and_is_recorded_with_the_version(world: World):
+    """Loading runs MODEL_CODE, which only imports the installed TokenRecModel; its hash is in MLmodel."""
+    import ast
+    import importlib.metadata
+
+    import mlflow
+
+    imported = set()
+    for node in ast.walk(ast.parse(packaging.MODEL_CODE)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(f"{node.module}:{','.join(alias.name for alias in node.names)}")
+    assert imported == {"mlflow", "tokenrec.mlops.packaging:TokenRecModel"}
+
+    champion = registry.resolve_alias(world.cfg, registry.CHAMPION)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/tokenrec/{champion.version}"))
+    meta = mlflow.models.Model.load(str(local / "MLmodel"))
+    assert (local / "tokenrec_model.py").read_text() == packaging.MODEL_CODE
+    assert meta.metadata["model_code_sha256"] == packaging.model_code_sha256()
+    assert meta.metadata["tokenrec_version"] == importlib.metadata.version("tokenrec")
+    assert packaging.verify_model_code(local, "champion") == packaging.model_code_sha256()
+
+
+def _tampered_code(marker: Path) -> str:
+    """Model code that would load the real model, after writing ``marker``: it must never run."""
+    return f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + packaging.MODEL_CODE
+
+
+def _edit_mlmodel(local: Path, edit) -> None:
+    import mlflow
+
+    meta = mlflow.models.Model.load(str(local / "MLmodel"))
+    edit(meta)
+    meta.save(str(local / "MLmodel"))
+
+
+def _register_copy(world: World, folder: Path, edit=None) -> registry.AliasTarget:
+    """A new version holding a copy of the champion's files, changed by ``edit(copy)`` before registering."""
+    import mlflow
+
+    champion = registry.resolve_alias(world.cfg, registry.CHAMPION)
+    folder.mkdir(parents=True)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/tokenrec/{champion.version}", dst_path=folder))
+    if edit is not None:
+        edit(local)
+    version = registry.register(world.cfg, world.run_dir.name, local, {"tokenrec": {}},
+                                tokenizer_hash=champion.tags["tokenizer_hash"])  # fmt: skip
+    return packaging.resolve_version(world.cfg, "tokenrec", version)
+
+
+def test_model_code_edited_in_the_artifact_store_is_refused_before_it_runs(world: World, tmp_path: Path):
+    import mlflow
+
+    target = _register_copy(world, tmp_path / "copy")
+    stored = Path(mlflow.artifacts.download_artifacts(f"models:/tokenrec/{target.version}"))
+    assert stored.is_relative_to(Path(world.cfg.paths.home))  # the artifact store itself, not a copy
+    marker = tmp_path / "model-code-ran"
+    (stored / "tokenrec_model.py").write_text(_tampered_code(marker))
+
+    with pytest.raises(packaging.ModelCodeError) as refused:
+        packaging.load_version(target)
+    message = str(refused.value)
+    assert f"tokenrec version {target.version} (models:/tokenrec/{target.version})" in message
+    assert "the stored file was changed afterwards" in message
+    assert packaging.model_code_sha256()[:12] in message
+    assert "Re-register the retrain with the installed tokenrec" in message
+    assert "install the tokenrec version the model was built with" in message
+    assert not marker.exists()
+
+    mlflow.pyfunc.load_model(str(stored))  # what load_version refused to do: the tampered code runs
+    assert marker.read_text() == "ran"
+
+
+def _rerecorded(marker: Path):
+    """Another model code, with its own hash recorded: as if logged by another tokenrec."""
+
+    def edit(local: Path) -> None:
+        code = _tampered_code(marker)
+        (local / "tokenrec_model.py").write_text(code)
+        digest = hashlib.sha256(code.encode()).hexdigest()
+
+        def record(meta) -> None:
+            meta.metadata.update(model_code_sha256=digest, tokenrec_version="0.0.9")
+
+        _edit_mlmodel(local, record)
+
+    return edit
+
+
+def _unrecorded(marker: Path):
+    """No recorded hash (a model logged before the check), and changed code."""
+
+    def edit(local: Path) -> None:
+        (local / "tokenrec_model.py").write_text(_tampered_code(marker))
+        _edit_mlmodel(local, lambda meta: meta.metadata.pop("model_code_sha256"))
+
+    return edit
+
+
+def _with_code_paths(marker: Path):
+    """The model code untouched, plus logged code_paths that would shadow the installed tokenrec."""
+
+    def edit(local: Path) -> None:
+        package = local / "code" / "tokenrec"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+
+        def point(meta) -> None:
+            meta.flavors["python_function"]["code"] = "code"
+
+        _edit_mlmodel(local, point)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (_rerecorded, r"logged by tokenrec 0\.0\.9\) differs from the installed tokenrec .*'s MODEL_CODE"),
+        (_unrecorded, "records no model_code_sha256"),
+        (_with_code_paths, r"carries code_paths \(code/: \['tokenrec/__init__\.py'\]"),
+    ],
+    ids=["other-code-recorded", "no-recorded-hash", "code-paths"],
+)
+def test_a_version_registered_with_other_model_code_is_refused_before_it_runs(
+    world: World, tmp_path: Path, tamper, expected: str
+):
+    marker = tmp_path / "model-code-ran"
+    target = _register_copy(world, tmp_path / "copy", tamper(marker))
+    with pytest.raises(packaging.ModelCodeError, match=expected) as refused:
+        packaging.load_version(target)
+    assert f"version {target.version}" in str(refused.value) and "refusing to load it" in str(refused.value)
+    assert not marker.exists()
 
 
 def test_the_bundle_opens_wherever_mlflow_put_its_folders(world: World, tmp_path: Path):

@@ -24,6 +24,15 @@ fold-in of new users and items (:mod:`tokenrec.serving.recommender`).
 Tokenizer and model cannot drift apart (RELIABILITY.md R11): loading recomputes the SHA-256 of the bundled
 tokenizer files and refuses a bundle whose hash differs from ``bundle.json``; :func:`load_version` also
 refuses a version whose registry tag ``tokenizer_hash`` differs from the bundled one.
+
+Loading a pyfunc runs the code stored with it (``mlflow.pyfunc.load_model`` executes the models-from-code file
+and puts logged ``code_paths`` first on ``sys.path``). :func:`log_model` records the SHA-256 of the stored file
+(``model_code_sha256``) and the installed tokenrec version (``tokenrec_version``) in the MLmodel metadata;
+before anything runs, :func:`load_version` downloads the model, reads MLmodel as data, and
+:func:`verify_model_code` refuses (:class:`ModelCodeError`) a model that is not logged from code, carries
+``code_paths`` or records no hash, or whose stored file or recorded hash differs from the installed
+:data:`MODEL_CODE`. So the only code that loading runs is the three-line stub importing the installed
+:class:`TokenRecModel` (docs/RUNBOOK.md, "Loading models runs code").
 """
 
 from __future__ import annotations
@@ -77,6 +86,10 @@ REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "faiss-cpu
 
 class ModelIntegrityError(TokenrecError):
     """A packaged model is incomplete, or its tokenizer differs from the one it was registered with (R11)."""
+
+
+class ModelCodeError(ModelIntegrityError):
+    """A registered model's stored code is not the installed package's :data:`MODEL_CODE` (or is unrecorded)."""
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -217,7 +230,12 @@ def log_model(bundle_dir: Path, requirements: list[str] | None = None, name: str
             signature=signature(),
             input_example=example,
             pip_requirements=requirements if requirements is not None else pip_requirements(),
-            metadata={"tokenizer_hash": manifest["tokenizer_hash"], "bundle_format": BUNDLE_FORMAT},
+            metadata={
+                "tokenizer_hash": manifest["tokenizer_hash"],
+                "bundle_format": BUNDLE_FORMAT,
+                "model_code_sha256": hashlib.sha256(code.read_bytes()).hexdigest(),  # read at load as data
+                "tokenrec_version": tokenrec_version(),
+            },
         )
     return info.model_uri
 
@@ -397,6 +415,8 @@ def load_version(target: registry.AliasTarget) -> TokenRecModel:
     """Load version ``target`` (resolved once by the caller) and check its tokenizer against the registry tag.
 
     Raises:
+        ModelCodeError: the code stored with the version is not the installed :data:`MODEL_CODE`
+            (:func:`verify_model_code`, checked before any of it runs).
         ModelIntegrityError: the version has no ``tokenizer_hash`` tag, or it differs from the bundled one.
     """
     registered = target.tags.get("tokenizer_hash")
@@ -406,7 +426,9 @@ def load_version(target: registry.AliasTarget) -> TokenRecModel:
             "`tokenrec register`"
         )
     uri = f"models:/{target.name}/{target.version}"
-    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    local = Path(mlflow.artifacts.download_artifacts(uri))  # files only: nothing of the model runs yet
+    verify_model_code(local, f"{target.name} version {target.version} ({uri})")
+    model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()  # the files just checked
     if model.tokenizer_hash != registered:
         raise ModelIntegrityError(
             f"{uri}: its bundled tokenizer hashes to {model.tokenizer_hash[:12]}... but the version was "
@@ -416,6 +438,94 @@ def load_version(target: registry.AliasTarget) -> TokenRecModel:
         )
     log.info("loaded %s (tokenizer %s...)", uri, registered[:12])
     return model
+
+
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # the loader_module of a pyfunc logged from code
+
+
+def model_code_sha256() -> str:
+    """SHA-256 of the installed :data:`MODEL_CODE`, the only model code :func:`load_version` lets run."""
+    return hashlib.sha256(MODEL_CODE.encode()).hexdigest()
+
+
+def tokenrec_version() -> str:
+    """The installed tokenrec distribution's version (``unknown`` when run from a source tree only)."""
+    try:
+        return importlib.metadata.version("tokenrec")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def verify_model_code(model_dir: Path, what: str) -> str:
+    """Check the code that loading the MLflow model in ``model_dir`` would run, without running any of it.
+
+    Reads ``MLmodel`` as YAML and hashes files; returns the model code's SHA-256. ``what`` names the model in
+    the message (name, version, URI).
+
+    Raises:
+        ModelCodeError: the model is not logged from code by :mod:`mlflow.pyfunc`, carries ``code_paths``
+            (the installed package logs none), has no ``model_code_sha256`` in its metadata (logged by a
+            tokenrec without this check), or its stored code file or recorded hash differs from the
+            installed :data:`MODEL_CODE`.
+    """
+    from mlflow.models import Model
+
+    model_dir = Path(model_dir)
+    meta = Model.load(str(model_dir / "MLmodel"))
+    metadata = meta.metadata or {}
+    built_with = metadata.get("tokenrec_version", "unknown")
+    installed = model_code_sha256()
+    fix = (
+        f"Re-register the retrain with the installed tokenrec {tokenrec_version()} (`tokenrec register --ds D "
+        f"--run-id R`, then promote the new version), or install the tokenrec version the model was built "
+        f"with ({built_with}); see docs/RUNBOOK.md, 'Loading models runs code'"
+    )
+
+    def refuse(problem: str) -> ModelCodeError:
+        return ModelCodeError(
+            f"{what}: {problem}; refusing to load it, since loading a pyfunc runs the code stored with it. "
+            f"{fix}."
+        )
+
+    conf = meta.flavors.get("python_function") or {}
+    if conf.get("loader_module") != CODE_LOADER or "model_code_path" not in conf:
+        raise refuse(f"not a pyfunc logged from code (loader_module {conf.get('loader_module')!r})")
+    if conf.get("code"):
+        folder = model_dir / conf["code"]
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        raise refuse(
+            f"it carries code_paths ({conf['code']}/: {files[:5]}, SHA-256 {_tree_sha256(folder)[:12]}...) that "
+            "loading would put ahead of the installed tokenrec on sys.path; the installed package logs none"
+        )
+    recorded = metadata.get("model_code_sha256")
+    if not recorded:
+        raise refuse(
+            f"its MLmodel metadata records no model_code_sha256 (logged by tokenrec {built_with}, before "
+            f"model code was checked); installed MODEL_CODE SHA-256 {installed[:12]}..."
+        )
+    folder = model_dir / conf["data"] if conf.get("data") else model_dir  # as mlflow.pyfunc.load_model
+    code_file = folder / os.path.basename(conf["model_code_path"])
+    stored = hashlib.sha256(code_file.read_bytes()).hexdigest() if code_file.is_file() else "missing"
+    if stored != recorded:
+        raise refuse(
+            f"its stored model code {code_file.name} hashes to {stored[:12]}..., not to the "
+            f"{recorded[:12]}... recorded when it was logged (the stored file was changed afterwards); "
+            f"installed MODEL_CODE SHA-256 {installed[:12]}..."
+        )
+    if stored != installed:
+        raise refuse(
+            f"its stored model code {code_file.name} (SHA-256 {stored[:12]}..., logged by tokenrec {built_with}) "
+            f"differs from the installed tokenrec {tokenrec_version()}'s MODEL_CODE (SHA-256 {installed[:12]}...)"
+        )
+    return stored
+
+
+def _tree_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
