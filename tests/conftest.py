@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# pytest-xdist runs tests in execnet workers whose __main__ has neither __spec__ nor __file__; pyspark.sql.connect
+# (imported by Great Expectations) takes that for a doctest run and calls sys.exit(0) when grpcio-status is absent.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

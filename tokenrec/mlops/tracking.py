@@ -84,6 +84,20 @@ def artifact_location(cfg: Config) -> str:
     return location if "://" in location else Path(location).resolve().as_uri()
 
 
+@contextlib.contextmanager
+def _environment_kept(*names: str) -> Iterator[None]:
+    """Undo whatever the block does to the environment variables ``names`` (set, changed or removed)."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def connect(cfg: Config) -> tuple[Any, str]:
     """Point MLflow (also its fluent API) at the configured store; return ``(MlflowClient, experiment_id)``.
 
@@ -94,8 +108,9 @@ def connect(cfg: Config) -> tuple[Any, str]:
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    with _environment_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mlflow.set_tracking_uri(uri)  # MLflow also exports these: the next config in this process would inherit
+        mlflow.set_registry_uri(uri)  # this store through tracking_uri()'s $MLFLOW_TRACKING_URI fallback
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     if experiment is None:
