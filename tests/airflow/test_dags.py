@@ -25,7 +25,7 @@ for dag in bag.dags.values():
         "edges": sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids),
         "tasks": {t.task_id: {"retries": t.retries, "backoff": t.retry_exponential_backoff,
                               "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
-                              "pool": t.pool, "command": t.bash_command} for t in dag.tasks},
+                              "pool": t.pool, "job": t.job, "operator": type(t).__name__} for t in dag.tasks},
     }
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "pyspark", "faiss", "transformers", "tokenrec", "mlflow", "great_expectations"})
 out["heavy"] = heavy
@@ -56,11 +56,12 @@ def test_structure_is_the_documented_one(parsed):
     nightly = ["etl", "validate_interactions", "batch_inference", "validate_recommendations", "publish"]
     assert parsed["dags"]["tokenrec_retrain"]["edges"] == _chain(retrain)
     assert parsed["dags"]["tokenrec_nightly"]["edges"] == _chain(nightly)
-    gpu = {"train_gnn", "train_tokenizer", "train_llm", "evaluate", "batch_inference"}
+    pools = {"etl": "tokenrec_etl", **dict.fromkeys(("train_gnn", "train_tokenizer", "train_llm", "evaluate",
+                                                     "batch_inference"), "gpu")}  # fmt: skip
     for dag in parsed["dags"].values():
         for task_id, task in dag["tasks"].items():
-            assert (task["pool"] == "gpu") == (task_id in gpu), task_id
-            assert f"jobs.{task_id}" in task["command"] and "{{ ds }}" in task["command"]
+            assert task["pool"] == pools.get(task_id, "default_pool"), task_id
+            assert (task["operator"], task["job"]) == ("JobOperator", task_id)  # an argument list, no shell
 
 
 def test_no_heavy_imports_at_parse_time(parsed):

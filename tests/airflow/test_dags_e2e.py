@@ -48,6 +48,7 @@ SENTINEL_TIME = -2_208_988_800  # 1900-01-01T00:00:00Z: what a broken export wri
 RETRAIN = ["etl", "validate_interactions", "train_gnn", "train_tokenizer", "train_llm", "evaluate", "register", "promote"]
 NIGHTLY = ["etl", "validate_interactions", "batch_inference", "validate_recommendations", "publish"]
 GPU_TASKS = {"train_gnn", "train_tokenizer", "train_llm", "evaluate", "batch_inference"}
+POOLS = {"etl": "tokenrec_etl", **dict.fromkeys(GPU_TASKS, "gpu")}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -141,6 +142,7 @@ class Deployment:
         }
         self.airflow("db", "migrate")
         self.airflow("pools", "set", "gpu", "1", "one slot per GPU: training and inference never share a GPU")
+        self.airflow("pools", "set", "tokenrec_etl", "1", "one slot: the ETLs of both DAGs share the ID maps")
         self.lake = schema.Lake.at(self.home / "lake")
 
     def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -231,7 +233,7 @@ def test_retrain_runs_every_task_in_its_pool_and_registers_a_champion(deployment
 
     assert_succeeded(deployment.retrain, RETRAIN)
     for task, (_, tries, pool) in deployment.retrain.tasks.items():
-        assert pool == ("gpu" if task in GPU_TASKS else "default_pool"), task
+        assert pool == POOLS.get(task, "default_pool"), task
         assert tries == 1, f"{task} needed {tries} tries"
     champion = registry.resolve_alias(deployment.config(), "champion")
     assert champion.version == 1 and champion.tags.get("tokenizer_hash")
@@ -331,3 +333,18 @@ def test_a_night_without_a_champion_fails_fast_at_batch_inference(deployment: De
     assert "'tokenrec_untrained' has no version with alias 'champion'" in message
     assert "run the retrain DAG" in message
     assert not deployment.lake.recommendations(RETRAIN_DS).exists()
+
+
+def test_a_param_carrying_shell_code_is_refused_and_runs_nothing(deployment: Deployment, tmp_path: Path):
+    """Issue 18 item 1: a trigger-form value is never shell code. A dataset that is not a name is refused before
+    any job starts; an override reaches the job as one argument, where it is only a bad config value."""
+    marker = tmp_path / "pwned"
+    before = published_state(deployment.lake)
+    refused = deployment.dags_test("tokenrec_nightly", "2026-12-03", dataset=f"tiny; touch {marker}")
+    assert refused.returncode != 0 and "dataset" in refused.output, refused.output[-4000:]
+    assert "success" not in refused.states().values()
+    inert = deployment.dags_test("tokenrec_nightly", "2026-12-04", overrides=[f"etl.kcore=2$(touch {marker})"])
+    assert inert.returncode != 0 and inert.states().get("etl") == "failed", inert.output[-4000:]
+    assert "etl.kcore" in inert.output  # the config error names the key; the text after it was never run
+    assert not marker.exists()
+    assert published_state(deployment.lake) == before

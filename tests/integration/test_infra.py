@@ -116,14 +116,21 @@ def _default(value: str) -> str:
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
 
 
+def _dag_constant(name: str):
+    """A literal module-level constant of dags/tokenrec_common.py, read without importing Airflow."""
+    for node in ast.parse(COMMON).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"dags/tokenrec_common.py defines no constant {name}")
+
+
 def _dag_variables() -> set[str]:
-    return set(re.findall(r"var\.value\.get\(\s*\\?['\"](\w+)\\?['\"]", COMMON))
+    return set(_dag_constant("VARIABLES"))
 
 
 def _dag_set_keys() -> dict[str, str]:
     """Config keys the DAGs pass as ``--set key=<Variable>``: key -> Variable name."""
-    pairs = re.findall(r"--set ([a-z_]+(?:\.[a-z_]+)+)='\{\{ var\.value\.get\(\\\"(\w+)\\\"", COMMON)
-    return dict(pairs)
+    return {key: var for var, key in _dag_constant("VARIABLE_OVERRIDES").items()}
 
 
 def _infra_text_files() -> list[Path]:
