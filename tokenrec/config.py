@@ -92,6 +92,7 @@ class EtlConfig:
     split: str = "leave_one_out"  # leave_one_out (last=test, second-to-last=valid) or global_time
     valid_quantile: float = 0.8  # global_time: events at or after this time quantile are validation
     test_quantile: float = 0.9  # global_time: events at or after this time quantile are test
+    id_map_lock_timeout_s: float = 1800.0  # wait this long for another ETL's lock on id_maps/, then fail
 
     def __post_init__(self) -> None:
         _one_of("etl.split", self.split, SPLIT_MODES)

@@ -36,5 +36,9 @@ class DataValidationError(TokenrecError):
         self.report_path = report_path
 
 
+class LockTimeout(TokenrecError):
+    """Another process held a lock (an ETL extending the ID maps) for longer than we were allowed to wait."""
+
+
 class PublishError(TokenrecError):
     """An atomic publish could not complete; the previously published version is untouched."""

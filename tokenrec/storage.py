@@ -24,6 +24,7 @@ or complete. Every writer of a file that a later reader must find whole goes thr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tokenrec.errors import PublishError
+from tokenrec.errors import LockTimeout, PublishError
 from tokenrec.schema import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,48 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], timeout_s: float, holder: str, poll_s: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block, waiting up to ``timeout_s``.
+
+    The lock belongs to the open file, so the kernel frees it when the holder exits, however it exits; the file
+    itself stays (an empty file; deleting it while held would let a second process lock a new inode). On a
+    shared file system the lock is only as good as its ``flock`` (NFS v4 and most cluster file systems honour
+    it). ``holder`` is written into the file for the message a waiting process gives up with.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as fh:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    other = fh.read().strip() or "another process"
+                    raise LockTimeout(
+                        f"{path}: still locked by {other} after {timeout_s:.0f} s; wait for it to finish (or "
+                        "check that it is still alive), then run again. Never delete the lock file."
+                    ) from None
+                if not waited:
+                    log.info("waiting for the lock %s", path)
+                    waited = True
+                time.sleep(poll_s)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{holder} (pid {os.getpid()})\n")
+            fh.flush()
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def new_version_dir(partition: Path) -> Path:

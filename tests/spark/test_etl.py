@@ -1,7 +1,10 @@
 """The Spark ETL end to end on small hand-computed inputs, and on the real data sets."""
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,13 +13,14 @@ from tokenrec import schema
 from tokenrec.config import load_config
 from tokenrec.data.datasets import preset
 from tokenrec.data.etl import run_etl
-from tokenrec.data.id_maps import read_id_map
-from tokenrec.errors import ConfigError, InputError
+from tokenrec.data.id_maps import id_map_lock, read_id_map
+from tokenrec.errors import ConfigError, InputError, LockTimeout
 from tokenrec.storage import is_published, read_manifest, staged_version
 
 pytestmark = pytest.mark.spark
 
 DAY1, DAY2 = "2026-01-01", "2026-01-02"
+REPO = Path(__file__).resolve().parents[2]
 
 # k = 2. Round 1 removes item q (1 event); round 2 user C (left with w only); round 3 item w (left with D only).
 # A's second x is a duplicate (first occurrence, t=1, kept).
@@ -184,3 +188,79 @@ def test_lastfm(spark, home, shared_data):
                       base=preset("lastfm"))
     m = run_etl(spark, cfg, "2026-11-27").manifest
     assert (m["users"], m["items"], m["rows"], m["duplicates_dropped"], m["kcore_removed"]) == (1_090, 3_646, 52_551, 0, 0)
+
+
+# ------------------------------------------------------------------------------------ two ETLs at once
+# Issue 18 item 2: the retrain's and the nightly's ETL of different dates share the ID maps. Airflow keeps them
+# apart with the one-slot pool ``tokenrec_etl``; the ETL itself holds an exclusive lock on ``id_maps/.lock``
+# while it reads and extends the maps, so runs outside Airflow (``tokenrec etl``, a backfill by hand) cannot
+# hand out one index twice either. Two real ``jobs.etl`` processes of different dates are started while the
+# test holds the lock, so both are certainly waiting on it when it is released and race for it.
+
+SOURCE_ARGS = [
+    "--set=source.dataset=tiny", "--set=source.format=csv", "--set=source.user_col=u", "--set=source.item_col=i",
+    "--set=source.time_col=t", "--set=etl.kcore=2", "--set=spark.shuffle_partitions=2", "--set=spark.master=local[1]",
+]  # fmt: skip
+
+
+def _map(lake: schema.Lake, kind: str) -> dict[str, int]:
+    table = read_id_map(lake.id_map(kind))  # raises when the map is not a bijection onto 0..n-1
+    return dict(zip(table.column(schema.RAW_ID).to_pylist(), table.column(schema.IDX).to_pylist(), strict=True))
+
+
+def _wait_for(logs: list[Path], text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(text in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, "the ETLs never reached the ID map lock:\n" + "\n".join(
+            log.read_text()[-2000:] for log in logs
+        )
+        time.sleep(0.5)
+
+
+def test_two_concurrent_etls_of_different_dates_leave_consistent_maps_and_valid_snapshots(home, tmp_path):
+    raw = _landing(tmp_path)
+    lake = schema.Lake.at(home / "lake")
+    env = {**os.environ, "TOKENREC_HOME": str(home)}
+    logs = [tmp_path / f"etl-{day}.log" for day in (DAY1, DAY2)]
+    with id_map_lock(lake.id_map(schema.USERS).parent, timeout_s=5, holder="the test"):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "jobs.etl", f"--ds={day}", f"--set=source.path={raw}", *SOURCE_ARGS],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+            )
+            for day, log in zip((DAY1, DAY2), logs, strict=True)
+        ]  # fmt: skip
+        _wait_for(logs, "waiting for the lock", timeout_s=300)
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+
+    users, items = _map(lake, schema.USERS), _map(lake, schema.ITEMS)
+    assert set(users) == {"A", "B", "D", "E"} and set(items) == {"x", "y", "z", "v"}  # each raw id exactly once
+    for day in (DAY1, DAY2):  # both snapshots staged, with indices the shared maps know
+        version = staged_version(lake.interactions(day))
+        assert version is not None, day
+        table = pq.read_table(version, schema=schema.INTERACTIONS)
+        assert set(table.column(schema.USER_IDX).to_pylist()) <= set(users.values())
+        assert set(table.column(schema.ITEM_IDX).to_pylist()) <= set(items.values())
+    day1_users = set(pq.read_table(staged_version(lake.interactions(DAY1))).column(schema.USER_IDX).to_pylist())
+    assert day1_users == {users["A"], users["B"], users["D"]}  # E lands on day 2 only
+    for day in (DAY1, DAY2):  # and both pass the Great Expectations gate, which publishes them
+        gate = subprocess.run(
+            [sys.executable, "-m", "jobs.validate_interactions", f"--ds={day}", f"--set=source.path={raw}",
+             *SOURCE_ARGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert gate.returncode == 0, gate.stderr[-4000:]
+        assert (lake.interactions(day) / schema.MANIFEST_FILE).is_file()
+
+
+def test_an_etl_that_cannot_get_the_lock_fails_naming_it_and_changes_nothing(spark, home, tmp_path):
+    cfg = _cfg(home, _landing(tmp_path), "etl.id_map_lock_timeout_s=1")
+    lake = schema.Lake.at(cfg.paths.lake)
+    maps_root = lake.id_map(schema.USERS).parent
+    held = r"id_maps/\.lock: still locked by the ETL of 2026-01-09 \(pid \d+\)"
+    with id_map_lock(maps_root, timeout_s=5, holder="the ETL of 2026-01-09"), pytest.raises(LockTimeout, match=held):
+        run_etl(spark, cfg, DAY1)
+    assert read_id_map(lake.id_map(schema.USERS)).num_rows == 0
+    assert staged_version(lake.interactions(DAY1)) is None
+    run_etl(spark, cfg, DAY1)  # once the lock is free the same ETL goes through
+    assert read_id_map(lake.id_map(schema.USERS)).num_rows == 3

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenrec.errors import PublishError
-from tokenrec.storage import current_version, publish_partition, read_manifest
+from tokenrec.errors import LockTimeout, PublishError
+from tokenrec.storage import current_version, exclusive_lock, publish_partition, read_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +49,14 @@ def test_refuses_a_real_folder(tmp_path):
     with pytest.raises(PublishError, match="real folder"):
         publish_partition(part, _writer([1]), {})
     assert (part / "data.parquet").read_bytes() == b"x"
+
+
+def test_exclusive_lock_waits_then_gives_up_naming_the_holder_and_is_free_after(tmp_path):
+    lock = tmp_path / "id_maps" / ".lock"
+    held = r"\.lock: still locked by the ETL of 2026-11-27 \(pid \d+\) after 0 s"
+    second = exclusive_lock(lock, timeout_s=0.2, holder="the ETL of 2026-11-28", poll_s=0.05)
+    with exclusive_lock(lock, timeout_s=1, holder="the ETL of 2026-11-27"), pytest.raises(LockTimeout, match=held):
+        second.__enter__()  # the first lock is held
+    with exclusive_lock(lock, timeout_s=0.2, holder="the ETL of 2026-11-28"):  # released on exit, also on error
+        assert "2026-11-28" in lock.read_text()
+    assert lock.read_text() == ""  # the holder's name is cleared; the file stays (deleting it would be unsafe)

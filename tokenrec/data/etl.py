@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from tokenrec import schema
 from tokenrec.config import Config, config_yaml
-from tokenrec.data.id_maps import append_ids, read_id_map
+from tokenrec.data.id_maps import append_ids, id_map_lock, read_id_map
 from tokenrec.data.loaders import load_source
 from tokenrec.errors import ConfigError, InputError
 from tokenrec.reporting.sql import run_sql
@@ -85,8 +85,10 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str, publish: bool = False) ->
         )
     kcore.createOrReplaceTempView("int_events_kcore")
 
-    new_users = _extend_id_map(spark, kcore, schema.USER_ID, lake.id_map(schema.USERS), ds, "id_map_users")
-    new_items = _extend_id_map(spark, kcore, schema.ITEM_ID, lake.id_map(schema.ITEMS), ds, "id_map_items")
+    maps_root = lake.id_map(schema.USERS).parent
+    with id_map_lock(maps_root, cfg.etl.id_map_lock_timeout_s, holder=f"the ETL of {ds}"):  # one writer at a time
+        new_users = _extend_id_map(spark, kcore, schema.USER_ID, lake.id_map(schema.USERS), ds, "id_map_users")
+        new_items = _extend_id_map(spark, kcore, schema.ITEM_ID, lake.id_map(schema.ITEMS), ds, "id_map_items")
     n_users = spark.table("id_map_users").count()
     n_items = spark.table("id_map_items").count()
 

@@ -2,14 +2,14 @@
 
 An existing raw id keeps its index forever; new ids get the next indices. The map is a folder of Parquet files
 (``id_maps/users/part-<ds>-<first idx>.parquet``), each holding the ids first seen by one ETL run; a file is
-written atomically (temporary name, then rename) and never modified, so a reader sees the map before or after
-an addition. The driver reads and writes them with pyarrow: maps are small next to the event log.
+written atomically (:func:`tokenrec.storage.atomic_open`) and never modified, so a reader sees the map before or after
+an addition. The driver reads and writes them with pyarrow: maps are small next to the event log. Writers
+(the ETL) hold :func:`id_map_lock` while they read and extend the maps, so two ETLs never hand out the same
+index.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +17,9 @@ import pyarrow.parquet as pq
 
 from tokenrec import schema
 from tokenrec.errors import DataValidationError
+from tokenrec.storage import atomic_open, exclusive_lock
+
+LOCK_FILE = ".lock"
 
 
 def read_id_map(folder: Path) -> pa.Table:
@@ -37,9 +40,8 @@ def append_ids(folder: Path, new_ids: pa.Table, ds: str) -> Path | None:
     first = new_ids.column(schema.IDX)[0].as_py()
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"part-{ds}-{first:010d}.parquet"
-    tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(new_ids, tmp)
-    os.replace(tmp, final)
+    with atomic_open(final) as fh:
+        pq.write_table(new_ids, fh)
     return final
 
 
@@ -53,3 +55,8 @@ def _check_map(table: pa.Table, folder: Path) -> None:
             f"{idx.min()}..{idx.max()} (expected 0..{table.num_rows - 1} without gaps or repeats). "
             "Restore the folder from backup; never edit or delete ID map files."
         )
+
+
+def id_map_lock(maps_root: Path, timeout_s: float, holder: str):
+    """The exclusive lock on ``<lake>/id_maps/.lock`` an ETL holds while it reads and extends both maps."""
+    return exclusive_lock(maps_root / LOCK_FILE, timeout_s, holder)
