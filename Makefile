@@ -74,7 +74,7 @@ PYTEST_WORKERS ?= 2
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check tokenrec jobs dags tests
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)

@@ -24,7 +24,7 @@ from tokenrec.run_folder import RunFolder
 from tokenrec.serving.retrieval import normalize_rows
 from tokenrec.tasks import evaluate, train_tokenizer
 from tokenrec.tasks import train_llm as stage
-from tokenrec.training.llm import prompts_for, train_llm
+from tokenrec.training.llm import LlmTrainer, Ranks, prompts_for, train_llm
 from tokenrec.training.llm_samples import PrefixSamples
 
 pytestmark = pytest.mark.model
@@ -280,6 +280,18 @@ def test_validation_and_evaluation_score_with_the_user_token_vector_when_asked(p
     paper = evaluate.REGISTRY["tokenrec_paper_scoring"](cfg, data, run)
     assert paper.scorer.user_token_weight == 0.0 and paper.scorer.index.cfg.normalize_items
     assert evaluate_valid_test(data, paper, cfg.eval.ks, 64)["test"] != again["test"]
+
+
+def test_prepare_loads_the_user_tokenizer_exactly_when_scoring_uses_it(prepared):
+    """Callers of prepare() other than the stage (the training-speed benchmark) get the user decoder too."""
+    snapshot, run_dir, _ = prepared
+    for weight, wanted in (("0", False), ("1", True)):
+        cfg = load_config(overrides=[*SETTINGS, f"retrieval.user_token_weight={weight}"])
+        inputs = stage.prepare(cfg, snapshot, run_dir)
+        assert (inputs.user_decoder is not None) is wanted
+    trainer = LlmTrainer(inputs.model, inputs.vocab, inputs.data, inputs.tables, cfg.llm, cfg.train,
+                         torch.device("cpu"), cfg.eval.ks, None, Ranks(), cfg.retrieval, inputs.user_decoder)  # fmt: skip
+    assert trainer.validator.scorer.user_decoder is inputs.user_decoder  # built without "needs the user tokenizer"
 
 
 def test_stage_rejects_a_token_table_of_another_snapshot(prepared, tmp_path):

@@ -15,6 +15,7 @@ from tokenrec.data.datasets import preset
 from tokenrec.data.etl import run_etl
 from tokenrec.data.id_maps import id_map_lock, read_id_map
 from tokenrec.errors import ConfigError, InputError, LockTimeout
+from tokenrec.gates.expectations import validate_interactions
 from tokenrec.storage import is_published, read_manifest, staged_version
 
 pytestmark = pytest.mark.spark
@@ -217,7 +218,7 @@ def _wait_for(logs: list[Path], text: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def test_two_concurrent_etls_of_different_dates_leave_consistent_maps_and_valid_snapshots(home, tmp_path):
+def test_two_concurrent_etls_of_different_dates_leave_consistent_maps_and_valid_snapshots(spark, home, tmp_path):
     raw = _landing(tmp_path)
     lake = schema.Lake.at(home / "lake")
     env = {**os.environ, "TOKENREC_HOME": str(home)}
@@ -244,12 +245,9 @@ def test_two_concurrent_etls_of_different_dates_leave_consistent_maps_and_valid_
         assert set(table.column(schema.ITEM_IDX).to_pylist()) <= set(items.values())
     day1_users = set(pq.read_table(staged_version(lake.interactions(DAY1))).column(schema.USER_IDX).to_pylist())
     assert day1_users == {users["A"], users["B"], users["D"]}  # E lands on day 2 only
+    cfg = _cfg(home, raw)
     for day in (DAY1, DAY2):  # and both pass the Great Expectations gate, which publishes them
-        gate = subprocess.run(
-            [sys.executable, "-m", "jobs.validate_interactions", f"--ds={day}", f"--set=source.path={raw}",
-             *SOURCE_ARGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert gate.returncode == 0, gate.stderr[-4000:]
+        validate_interactions(spark, cfg, day)
         assert (lake.interactions(day) / schema.MANIFEST_FILE).is_file()
 
 

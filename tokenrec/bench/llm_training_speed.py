@@ -47,7 +47,7 @@ def measure(args: argparse.Namespace, name: str, settings: list[str]) -> dict[st
     inputs = train_llm.prepare(cfg, args.snapshot, args.run_dir)
     device = pick_device(cfg.train.device)
     trainer = LlmTrainer(inputs.model, inputs.vocab, inputs.data, inputs.tables, cfg.llm, cfg.train, device,
-                         cfg.eval.ks, None, Ranks(), cfg.retrieval)  # fmt: skip
+                         cfg.eval.ks, None, Ranks(), cfg.retrieval, inputs.user_decoder)  # fmt: skip
     entry = trainer.run_epoch(1)
     lengths = trainer.samples.lengths()
     return {

@@ -39,6 +39,7 @@ from tokenrec.llm.backbone import IdVocabulary, add_id_tokens, backbone_cache_di
 from tokenrec.llm.prompts import layout_for
 from tokenrec.llm.scorer import EVAL_MODELS, TokenRecRanker, TokenRecScorer, evaluate_ranker
 from tokenrec.models.llm4rec import LLM4Rec
+from tokenrec.models.quantizer import Tokenizer
 from tokenrec.run_folder import ENTITIES, LLM, RunFolder, gnn_table
 from tokenrec.storage import atomic_write_bytes, atomic_write_json, read_json
 from tokenrec.training.device import autocast_dtype, pick_device, seed_everything
@@ -72,7 +73,7 @@ def run(cfg: Config, snapshot: Path, run_dir: Path) -> dict[str, Any]:
     model, vocab, data, tables = inputs.model, inputs.vocab, inputs.data, inputs.tables
     item_key, levels, size = inputs.item_key, inputs.levels, inputs.size
     log.info("train-llm on %s: %s, %d ID tokens, world %d", snapshot, data.summary(), 2 * levels * size, ranks.world)
-    user_decoder = load_tokenizer(run, "user") if cfg.retrieval.user_token_weight else None
+    user_decoder = inputs.user_decoder
     result = train_llm(
         model, vocab, data, tables, cfg.llm, cfg.train, device, cfg.eval.ks, out, ranks, cfg.retrieval, user_decoder
     )
@@ -137,6 +138,7 @@ class LlmInputs:
     item_key: str  # the GNN table the targets come from (item or item_ego)
     levels: int  # K (a disambiguation level included)
     size: int  # L, codes per level
+    user_decoder: Tokenizer | None  # the user tokenizer, loaded only when retrieval.user_token_weight > 0
 
 
 def prepare(cfg: Config, snapshot: Path, run_dir: Path) -> LlmInputs:
@@ -170,7 +172,8 @@ def prepare(cfg: Config, snapshot: Path, run_dir: Path) -> LlmInputs:
     )
     dim = int(tables["item_vectors"].shape[1])
     model = LLM4Rec(backbone, dim, cfg.llm.proj_hidden, cfg.llm.proj_dropout)
-    return LlmInputs(model, vocab, data, tables, item_key, levels, size)
+    user_decoder = load_tokenizer(run, "user") if cfg.retrieval.user_token_weight else None
+    return LlmInputs(model, vocab, data, tables, item_key, levels, size, user_decoder)
 
 
 def start_distributed(preference: str) -> tuple[Ranks, torch.device]:
