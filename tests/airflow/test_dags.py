@@ -35,11 +35,17 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory):
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path_factory.mktemp("airflow")), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    proc = subprocess.run([sys.executable, "-c", PARSE, str(DAGS)], capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path_factory.mktemp("airflow")),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE, str(DAGS)], capture_output=True, text=True, env=env, timeout=300
+    )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
     assert line, proc.stdout + proc.stderr
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def _chain(tasks):
@@ -52,7 +58,16 @@ def test_dagbag_has_no_import_errors_and_both_dags(parsed):
 
 
 def test_structure_is_the_documented_one(parsed):
-    retrain = ["etl", "validate_interactions", "train_gnn", "train_tokenizer", "train_llm", "evaluate", "register", "promote"]
+    retrain = [
+        "etl",
+        "validate_interactions",
+        "train_gnn",
+        "train_tokenizer",
+        "train_llm",
+        "evaluate",
+        "register",
+        "promote",
+    ]
     nightly = ["etl", "validate_interactions", "batch_inference", "validate_recommendations", "publish"]
     assert parsed["dags"]["tokenrec_retrain"]["edges"] == _chain(retrain)
     assert parsed["dags"]["tokenrec_nightly"]["edges"] == _chain(nightly)
@@ -73,7 +88,9 @@ def test_retries_backoff_timeouts_and_fixed_utc_start(parsed):
         assert dag["catchup"] is False and dag["max_active_runs"] == 1
         assert dag["start_date"].endswith("+00:00")
         for task in dag["tasks"].values():
-            assert task["retries"] >= 1 and task["backoff"] is True and task["timeout"] and task["timeout"] > 0
+            assert (
+                task["retries"] >= 1 and task["backoff"] is True and task["timeout"] and task["timeout"] > 0
+            )
     assert parsed["dags"]["tokenrec_retrain"]["schedule"] == "@weekly"
     assert parsed["dags"]["tokenrec_nightly"]["schedule"] == "@daily"
 

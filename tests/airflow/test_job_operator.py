@@ -17,7 +17,14 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"dataset": "ml100k", "profile": "", "config": "", "overrides": []}
 NO_VARIABLES = dict.fromkeys(
-    ("tokenrec_home", "tokenrec_python", "tokenrec_spark_master", "tokenrec_spark_submit", "tokenrec_mlflow_uri"), ""
+    (
+        "tokenrec_home",
+        "tokenrec_python",
+        "tokenrec_spark_master",
+        "tokenrec_spark_submit",
+        "tokenrec_mlflow_uri",
+    ),
+    "",
 )
 
 
@@ -44,7 +51,12 @@ def test_the_job_gets_one_argument_per_value_and_no_shell(common):
 
 
 def test_profile_config_and_variables_become_options(common):
-    params = {"dataset": "lastfm", "profile": "demo", "config": "infra/config/cluster.yaml", "overrides": ["a.b=1"]}
+    params = {
+        "dataset": "lastfm",
+        "profile": "demo",
+        "config": "infra/config/cluster.yaml",
+        "overrides": ["a.b=1"],
+    }
     variables = {**NO_VARIABLES, "tokenrec_python": "/opt/venv/bin/python", "tokenrec_spark_master": "yarn",
                  "tokenrec_mlflow_uri": "http://mlflow:5000"}  # fmt: skip
     argv = common.job_argv("train_gnn", "2026-11-27", params, variables)
@@ -56,7 +68,10 @@ def test_profile_config_and_variables_become_options(common):
 
 
 def test_spark_submit_is_split_into_words_and_runs_the_job_file(common):
-    variables = {**NO_VARIABLES, "tokenrec_spark_submit": "spark-submit --master 'spark://m:7077' --deploy-mode client"}
+    variables = {
+        **NO_VARIABLES,
+        "tokenrec_spark_submit": "spark-submit --master 'spark://m:7077' --deploy-mode client",
+    }
     argv = common.job_argv("etl", "2026-11-27", PARAMS, variables, spark=True)
     assert argv[:6] == ["spark-submit", "--master", "spark://m:7077", "--deploy-mode", "client",
                         str(REPO / "jobs" / "etl.py")]  # fmt: skip
@@ -84,7 +99,9 @@ def test_a_bad_param_is_refused_naming_it(common, name, value):
     from airflow.sdk.exceptions import AirflowFailException
 
     params = {**PARAMS, name: [value] if name == "overrides" else value}
-    with pytest.raises(AirflowFailException, match=rf"DAG param '{name}' = .* is not allowed: .*Nothing was run"):
+    with pytest.raises(
+        AirflowFailException, match=rf"DAG param '{name}' = .* is not allowed: .*Nothing was run"
+    ):
         common.check_params(params)
 
 
@@ -106,4 +123,3 @@ def test_good_params_pass_and_the_form_schema_agrees(common):
 def test_the_profile_choices_are_the_shipped_profiles(common):
     shipped = {p.stem for p in (REPO / "tokenrec" / "profiles").glob("*.yaml")}
     assert set(common.PROFILES) == shipped | {""}
-
