@@ -21,7 +21,7 @@ export AIRFLOW__CORE__PARALLELISM := 4
 DS ?= 2026-11-27
 DATASET ?= ml100k
 
-.PHONY: install run run-local airflow-setup test browser docs test-fast lint bench bench-etl bench-quality bench-unseen bench-report clean-var help
+.PHONY: install run run-local airflow-setup test browser docs test-fast lint bench bench-etl bench-quality bench-ablation bench-unseen bench-report clean-var help
 
 help:
 	@echo "make run    install everything and run the pipeline on MovieLens-100K (DS=$(DS))"
@@ -97,6 +97,14 @@ bench-quality: $(STAMP)
 	@test -e $(BENCH_SNAPSHOT) || $(BENCH_ETL)
 	$(PY) -m tokenrec.bench.quality --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
 		--run-dir $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE)
+
+# TokenRec ablation, sampling x loss x scoring, on the LightGCN and tokenizers of the quality run above:
+# make bench-ablation DATASET=ml100k [CELLS="causal-softmax sampled-hinge"] -> docs/benchmarks/ablation-tokenrec-ml100k.json
+CELLS ?= causal-softmax causal-hinge sampled-softmax sampled-hinge
+bench-ablation: $(STAMP)
+	$(PY) -m tokenrec.bench.ablation --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
+		--gnn-run $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE) --run-dir $(BENCH_HOME)/runs/ablation-$(BENCH_PROFILE) \
+		--cells $(CELLS)
 
 # Seen vs unseen users (10% held out of all training): make bench-unseen DATASET=lastfm
 bench-unseen: $(STAMP)

@@ -140,6 +140,35 @@ def _sweep(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _ablation(doc: dict[str, Any]) -> list[str]:
+    res = doc["results"]
+    lines = [
+        f"### TokenRec ablation, sampling x loss x scoring: {res.get('dataset', '?')}",
+        "",
+        _provenance(doc),
+        "",
+    ]
+    lines += [
+        res.get("note", ""),
+        "",
+        f"Selected on validation NDCG@20: {res.get('selected_on_validation')}.",
+        "",
+    ]
+    lines += [
+        "| training | loss | scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 | best epoch / "
+        "epochs | targets per epoch | targets/s | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in res["cells"].values():
+        for scoring, m in cell["scoring"].items():
+            lines.append(
+                f"| {cell['training']} | {cell['loss']} | {scoring} | {_split_cells(m)} | {cell['best_epoch']} / "
+                f"{cell['epochs']} | {cell['targets_per_epoch']:,.0f} | {cell['targets_per_second']:,.0f} | "
+                f"{cell['commit']} |"
+            )
+    return lines + [""]
+
+
 def _probe(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     run = f" ({Path(res['run_dir']).name})" if res.get("run_dir") else ""
@@ -202,11 +231,13 @@ def _generic(name: str, doc: dict[str, Any]) -> list[str]:
 
 
 def _kind(stem: str, doc: dict[str, Any]) -> str:
-    """Which section renders a result file: unseen, sweep, probe, trajectory, quality or generic."""
+    """Which section renders a result file: unseen, sweep, ablation, probe, trajectory, quality or generic."""
     if stem.startswith("unseen-users-"):
         return "unseen"
     if stem.startswith("sweep-tokenrec-"):
         return "sweep"
+    if stem.startswith("ablation-tokenrec-"):
+        return "ablation"
     if stem.startswith("probe-tokenrec-scoring-"):
         return "probe"
     if "validation_per_epoch" in doc["results"]:
@@ -392,7 +423,11 @@ def _has_local_inference(res: dict[str, Any]) -> bool:
 def _make_test(res: dict[str, Any]) -> str:
     fresh = "fresh_clone_make_test_s" in res
     wall = res["fresh_clone_make_test_s"] if fresh else res["make_test_wall_s"]
-    where = f"fresh clone, install {res.get('fresh_clone_install_s', '?')} s before" if fresh else "installed checkout"
+    where = (
+        f"fresh clone, install {res.get('fresh_clone_install_s', '?')} s before"
+        if fresh
+        else "installed checkout"
+    )
     return f"{wall:.0f} s (pytest {res.get('pytest_s', float('nan')):.0f} s; {where})"
 
 
@@ -470,7 +505,8 @@ def render() -> str:
     notes = RESULTS / "NOTES.md"
     if notes.is_file():
         out += [notes.read_text().strip(), ""]
-    sections = {"unseen": _unseen, "sweep": _sweep, "probe": _probe, "trajectory": _validation_trajectory}
+    sections = {"unseen": _unseen, "sweep": _sweep, "ablation": _ablation, "probe": _probe,
+                "trajectory": _validation_trajectory}  # fmt: skip
     for stem, doc in docs:
         kind = _kind(stem, doc)
         if kind == "quality":
