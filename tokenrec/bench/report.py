@@ -100,18 +100,27 @@ def _split_cells(m: dict[str, dict[str, float]]) -> str:
 
 def _unseen(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
+    errors = res.get("standard_error_hr20", {})
     lines = [f"### Seen vs unseen users: {res.get('dataset', '?')}", "", _provenance(doc), ""]
     lines += [
         f"Users: {res['users']}; protocol: " + "; ".join(f"{k}: {v}" for k, v in res["protocol"].items())
     ]
     lines += [
         "",
-        "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 |",
-        "|---|---|---|---|---|---|",
+        "| model | users | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 | s.e. of test HR@20 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, groups in res.items():
-        if isinstance(groups, dict) and isinstance(groups.get("seen"), dict):  # not the user counts
-            lines += [f"| {name} | {group} | {_split_cells(m)} |" for group, m in groups.items()]
+        seen = groups.get("seen") if isinstance(groups, dict) else None
+        if name == "standard_error_hr20" or not (
+            isinstance(seen, dict) and isinstance(seen.get("valid"), dict)
+        ):
+            continue  # user and target counts, errors, fold-in statistics
+        for group, m in groups.items():
+            error = errors.get(name, {}).get(group, {}).get("test")
+            lines.append(
+                f"| {name} | {group} | {_split_cells(m)} | {'-' if error is None else f'{error:.4f}'} |"
+            )
     return lines + [""]
 
 
