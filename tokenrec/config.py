@@ -341,9 +341,6 @@ class LlmConfig:
     # the user's other training items left out; sampled_softmax: the same estimated from num_sampled items
     # with logQ correction (catalogues too large for one matrix); hinge: the paper's 1 - cos plus
     # max(0, cos - margin) on num_negatives sampled (and optionally in-batch) negatives
-    train_user_vector: bool = False  # with retrieval.user_token_weight a > 0: the loss scores what retrieval
-    # ranks, unit z + a * (unit vector decoded from the user's ID tokens), so LLM4Rec learns what the user's
-    # tokens do not already say (our addition; false: the loss scores z alone, as the paper trains)
     temperature: float = 0.1  # softmax losses: tau of score / tau (cosine, or unit z . raw item with
     # retrieval.normalize_items false: the loss ranks by what retrieval ranks by)
     num_sampled: int = 1024  # sampled_softmax: items drawn per micro-batch from the training-target popularity
@@ -555,13 +552,6 @@ class Config:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-
-    def __post_init__(self) -> None:
-        if self.llm.train_user_vector and not self.retrieval.user_token_weight:
-            raise ConfigError(
-                "llm.train_user_vector needs retrieval.user_token_weight > 0 (the user vector it trains with); "
-                "set both, or neither"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

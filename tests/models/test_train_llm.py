@@ -14,7 +14,7 @@ from tests.models.conftest import make_walks, write_snapshot
 from tokenrec.artifacts import load_run_tables, load_tokenizer
 from tokenrec.config import Config, LlmConfig, TrainConfig, load_config
 from tokenrec.data.interactions import InteractionData
-from tokenrec.errors import ConfigError, InputError
+from tokenrec.errors import InputError
 from tokenrec.evaluation.protocol import evaluate_valid_test
 from tokenrec.llm.backbone import add_id_tokens, tiny_backbone
 from tokenrec.llm.prompts import entity_text
@@ -292,32 +292,6 @@ def test_prepare_loads_the_user_tokenizer_exactly_when_scoring_uses_it(prepared)
     trainer = LlmTrainer(inputs.model, inputs.vocab, inputs.data, inputs.tables, cfg.llm, cfg.train,
                          torch.device("cpu"), cfg.eval.ks, None, Ranks(), cfg.retrieval, inputs.user_decoder)  # fmt: skip
     assert trainer.validator.scorer.user_decoder is inputs.user_decoder  # built without "needs the user tokenizer"
-
-
-def test_train_user_vector_makes_the_loss_score_what_retrieval_ranks(prepared):
-    """llm.train_user_vector: the softmax sees unit z + a * decoded user vector, the vector serving ranks by."""
-    snapshot, run_dir, _ = prepared
-    scoring = ["retrieval.user_token_weight=0.5", "retrieval.normalize_items=false"]
-    cfg = load_config(overrides=[*SETTINGS, *scoring, "llm.train_user_vector=true"])
-    inputs = stage.prepare(cfg, snapshot, run_dir)
-    trainer = LlmTrainer(inputs.model, inputs.vocab, inputs.data, inputs.tables, cfg.llm, cfg.train,
-                         torch.device("cpu"), cfg.eval.ks, None, Ranks(), cfg.retrieval, inputs.user_decoder)  # fmt: skip
-    users = np.array([0, 5, 5, 17])
-    z = torch.randn(len(users), DIM, generator=torch.Generator().manual_seed(3))
-    targets = torch.as_tensor([1, 2, 3, 4])
-    with torch.no_grad():
-        decoded = inputs.user_decoder.decode_codes(torch.as_tensor(inputs.tables["user_codes"][users])).float()
-    query = torch.nn.functional.normalize(z, dim=-1) + 0.5 * torch.nn.functional.normalize(decoded, dim=-1)
-    rng = np.random.default_rng(0)
-    loss, _ = trainer.loss(z, targets, users, rng)
-    plain_cfg = load_config(overrides=[*SETTINGS, *scoring])
-    plain = LlmTrainer(inputs.model, inputs.vocab, inputs.data, inputs.tables, plain_cfg.llm, plain_cfg.train,
-                       torch.device("cpu"), cfg.eval.ks, None, Ranks(), plain_cfg.retrieval, inputs.user_decoder)  # fmt: skip
-    assert plain.user_vectors is None
-    assert loss.item() == pytest.approx(plain.loss(query, targets, users, rng)[0].item(), rel=1e-5)
-    assert loss.item() != pytest.approx(plain.loss(z, targets, users, rng)[0].item(), rel=1e-3)
-    with pytest.raises(ConfigError, match="llm.train_user_vector needs retrieval.user_token_weight"):
-        load_config(overrides=["llm.train_user_vector=true"])
 
 
 def test_stage_rejects_a_token_table_of_another_snapshot(prepared, tmp_path):

@@ -190,18 +190,11 @@ class TokenRecScorer:
             out[rows] = z.float()
         self.model.train(was_training)
         if self.user_decoder is not None:  # unit LLM4Rec vector + a * unit decoded user vector
-            out = F.normalize(out, dim=-1) + self.user_token_vectors(user_codes)
+            levels = self.user_decoder.num_levels  # a disambiguation column after them is not the tokenizer's
+            codes = torch.as_tensor(np.asarray(user_codes)[:, :levels], dtype=torch.long, device=self.device)
+            decoded = self.user_decoder.decode_codes(codes).float()  # (U, d)
+            out = F.normalize(out, dim=-1) + self.user_token_weight * F.normalize(decoded, dim=-1)
         return out.cpu().numpy()
-
-    @torch.no_grad()
-    def user_token_vectors(self, user_codes: np.ndarray) -> torch.Tensor:
-        """``a`` times the unit vectors ``(U, d)`` the user tokenizer decodes from users' ID tokens ``(U, K)``."""
-        if self.user_decoder is None:
-            raise ValueError("user_token_vectors needs retrieval.user_token_weight > 0 and the user tokenizer")
-        levels = self.user_decoder.num_levels  # a disambiguation column after them is not the tokenizer's
-        codes = torch.as_tensor(np.asarray(user_codes)[:, :levels], dtype=torch.long, device=self.device)
-        decoded = self.user_decoder.decode_codes(codes).float()  # (U, d)
-        return self.user_token_weight * F.normalize(decoded, dim=-1)
 
     def embed(self, users: np.ndarray, sequences: Sequence[np.ndarray], variant: str = "full") -> np.ndarray:
         """Preference vectors ``(U, d)`` of ``users``."""

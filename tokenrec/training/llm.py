@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -218,8 +217,6 @@ class LlmTrainer:
             layout=layout_for(cfg.training),
         )
         self.validator = TokenRecRanker(scorer, data, "id_only" if cfg.id_only_share >= 1.0 else "full")
-        # llm.train_user_vector: the loss scores unit z + a * decoded user vector, as retrieval does
-        self.user_vectors = scorer.user_token_vectors(tables["user_codes"]) if cfg.train_user_vector else None
         self.state: dict[str, Any] = {
             "epoch": 0,  # epochs completed
             "micro": 0,  # micro-batches completed in the current epoch (a mid-epoch checkpoint)
@@ -407,8 +404,6 @@ class LlmTrainer:
         they are drawn here from ``rng``.
         """
         cfg, device = self.cfg, self.device
-        if self.user_vectors is not None:  # (N, d): the preference vector retrieval ranks by
-            z = F.normalize(z.float(), dim=-1) + self.user_vectors[torch.as_tensor(users, device=device)]
         if cfg.loss == "hinge":
             if negatives is None:
                 drawn = self.samples.sampler.sample(np.repeat(users, cfg.num_negatives), rng)
