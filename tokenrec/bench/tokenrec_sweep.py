@@ -5,7 +5,8 @@
         --gnn-run var/bench/lastfm/runs/quality-bench-cpu --run-dir var/bench/lastfm/runs/sweep \\
         --set llm.num_negatives=32 --set llm.in_batch_negatives=true
 
-One call trains one configuration: the MQ-Tokenizers (cached per tokenizer setting under ``--run-dir``) and
+One call trains one configuration: the MQ-Tokenizers (those of ``--gnn-run`` when it has them and no
+``tokenizer.*`` setting is given, else trained and cached per tokenizer setting under ``--run-dir``) and
 LLM4Rec on a trained LightGCN (``--gnn-run``, shared by every configuration so that only the TokenRec settings
 differ), then records its validation and test metrics, epochs and training samples/s as one row of
 ``docs/benchmarks/sweep-tokenrec-<dataset>.json`` (a row with the same name is replaced; each row keeps its own
@@ -58,11 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = build_config(args)
 
-    tokenizer_key = hashlib.sha1(json.dumps(sorted(o for o in args.overrides if o.startswith("tokenizer.")))
-                                 .encode()).hexdigest()[:8]
+    tokenizer_settings = sorted(o for o in args.overrides if o.startswith("tokenizer."))
+    tokenizer_key = hashlib.sha1(json.dumps(tokenizer_settings).encode()).hexdigest()[:8]
     gnn_run = RunFolder(args.gnn_run)
     tokenizer_run = RunFolder(args.run_dir / f"tokenizer-{tokenizer_key}")
-    if not tokenizer_run.tokens.is_file():
+    if not tokenizer_settings and gnn_run.tokenizer_manifest.is_file():
+        tokenizer_run = gnn_run  # the --gnn-run's own tokenizers, as trained there
+    elif not tokenizer_run.tokens.is_file():
         tokenizer_run.root.mkdir(parents=True, exist_ok=True)
         link(gnn_run.gnn, tokenizer_run.gnn)
         train_tokenizer.run(cfg, args.snapshot, tokenizer_run.root)
