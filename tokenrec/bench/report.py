@@ -34,7 +34,7 @@ def _quality(doc: dict[str, Any], stem: str) -> list[str]:
     res = doc["results"]
     dataset = res.get("dataset", "?")
     title = f"Quality: {dataset}" + ("" if stem == f"quality-{dataset}" else f" ({stem})")
-    lines = [f"### {title}", "", _provenance(doc), ""]
+    lines = _heading(title, doc)
     if res.get("overrides"):
         lines += ["Overrides: `" + " ".join(res["overrides"]) + "`", ""]
     lines.append("| model | split | " + " | ".join(METRICS) + " |")
@@ -93,6 +93,11 @@ def _tokenizer_row(entity: str, st: dict[str, Any]) -> str:
     )
 
 
+def _heading(title: str, doc: dict[str, Any]) -> list[str]:
+    """A result section's title and the line saying where and how it was measured."""
+    return [f"### {title}", "", _provenance(doc), ""]
+
+
 def _split_cells(m: dict[str, dict[str, float]]) -> str:
     """``valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20`` table cells of one metrics entry."""
     return " | ".join(f"{m[split][k]:.4f}" for split in ("valid", "test") for k in ("HR@20", "NDCG@20"))
@@ -101,7 +106,7 @@ def _split_cells(m: dict[str, dict[str, float]]) -> str:
 def _unseen(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     errors = res.get("standard_error_hr20", {})
-    lines = [f"### Seen vs unseen users: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines = _heading(f"Seen vs unseen users: {res.get('dataset', '?')}", doc)
     lines += [
         f"Users: {res['users']}; protocol: " + "; ".join(f"{k}: {v}" for k, v in res["protocol"].items())
     ]
@@ -126,7 +131,7 @@ def _unseen(doc: dict[str, Any]) -> list[str]:
 
 def _sweep(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
-    lines = [f"### TokenRec configurations tried: {res.get('dataset', '?')}", "", _provenance(doc), ""]
+    lines = _heading(f"TokenRec configurations tried: {res.get('dataset', '?')}", doc)
     lines += [res.get("note", ""), ""] + [f"- {note}" for note in res.get("notes", [])] + [""]
     lines += [
         "| config | overrides | LightGCN run (valid NDCG@20) | epochs | valid HR@20 | valid NDCG@20 | "
@@ -151,23 +156,13 @@ def _sweep(doc: dict[str, Any]) -> list[str]:
 
 def _ablation(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
-    lines = [
-        f"### TokenRec ablation, sampling x loss x scoring: {res.get('dataset', '?')}",
-        "",
-        _provenance(doc),
-        "",
-    ]
-    lines += [
-        res.get("note", ""),
-        "",
-        f"Selected on validation NDCG@20: {res.get('selected_on_validation')}.",
-        "",
-    ]
-    lines += [
-        "| training | loss | scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 | best epoch / "
-        "epochs | targets per epoch | targets/s | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = (
+        "| training | loss | scoring | valid HR@20 | valid NDCG@20 | test HR@20 | test NDCG@20 | best epoch / epochs "
+        "| targets per epoch | targets/s | commit |"
+    )
+    selected = f"Selected on validation NDCG@20: {res.get('selected_on_validation')}."
+    lines = [*_heading(f"TokenRec ablation, sampling x loss x scoring: {res.get('dataset', '?')}", doc),
+             res.get("note", ""), "", selected, "", header, "|---" * 11 + "|"]  # fmt: skip
     for cell in res["cells"].values():
         for scoring, m in cell["scoring"].items():
             lines.append(
@@ -181,12 +176,7 @@ def _ablation(doc: dict[str, Any]) -> list[str]:
 def _probe(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
     run = f" ({Path(res['run_dir']).name})" if res.get("run_dir") else ""
-    lines = [
-        f"### Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}{run}",
-        "",
-        _provenance(doc),
-        "",
-    ]
+    lines = _heading(f"Scoring probe of a trained TokenRec run: {res.get('dataset', '?')}{run}", doc)
     lines += [
         "Diagnostic (tokenrec/bench/scoring_probe.py): one run's vectors scored several ways, nothing retrained.",
         "",
@@ -203,12 +193,7 @@ def _probe(doc: dict[str, Any]) -> list[str]:
 
 def _validation_trajectory(doc: dict[str, Any]) -> list[str]:
     res = doc["results"]
-    lines = [
-        f"### TokenRec trained longer, validation only: {res.get('dataset', '?')}",
-        "",
-        _provenance(doc),
-        "",
-    ]
+    lines = _heading(f"TokenRec trained longer, validation only: {res.get('dataset', '?')}", doc)
     lines += [res["what"] + ".", "", "Settings: `" + json.dumps(res["settings"]) + "`", ""]
     lines += ["| epoch | train samples/s | valid HR@20 | valid NDCG@20 |", "|---|---|---|---|"]
     for h in res["validation_per_epoch"]:
@@ -227,16 +212,7 @@ def _validation_trajectory(doc: dict[str, Any]) -> list[str]:
 
 
 def _generic(name: str, doc: dict[str, Any]) -> list[str]:
-    return [
-        f"### {name}",
-        "",
-        _provenance(doc),
-        "",
-        "```json",
-        json.dumps(doc["results"], indent=2),
-        "```",
-        "",
-    ]
+    return [*_heading(name, doc), "```json", json.dumps(doc["results"], indent=2), "```", ""]
 
 
 def _kind(stem: str, doc: dict[str, Any]) -> str:
