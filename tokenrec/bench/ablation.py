@@ -124,10 +124,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"--gnn-run {args.gnn_run}: {needed} is missing; run the quality benchmark first"
             )
 
+    grid = {
+        cell: cell_overrides(cell, args.prefixes_per_user) for cell in args.cells
+    }  # a typo fails before training
     rows: dict[str, dict[str, Any]] = {}
-    dataset = ""
-    for cell in args.cells:
-        overrides = [*args.overrides, *cell_overrides(cell, args.prefixes_per_user)]
+    for cell, settings in grid.items():
+        overrides = [*args.overrides, *settings]
         cfg = build_config(argparse.Namespace(**{**vars(args), "overrides": overrides}))
         run = RunFolder(args.run_dir / cell)
         run.root.mkdir(parents=True, exist_ok=True)

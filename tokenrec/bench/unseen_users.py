@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = build_config(args)
     data = InteractionData.load(args.snapshot)
+    if args.folds > data.n_users:
+        raise SystemExit(
+            f"--folds {args.folds} exceeds the {data.n_users} users of {args.snapshot}; use at most that"
+        )
     manifest = read_manifest(args.snapshot)
     if args.folds == 1:
         full, n_seen = hold_out(data, args.share, args.seed)
