@@ -2,7 +2,7 @@
 
 import sys
 
-from tokenrec.cli import main
+from tokenrec.cli import process_main
 
 if __name__ == "__main__":
-    sys.exit(main(["etl", *sys.argv[1:]]))
+    process_main(["etl", *sys.argv[1:]])

@@ -5,7 +5,7 @@
 
 import sys
 
-from tokenrec.cli import main
+from tokenrec.cli import process_main
 
 if __name__ == "__main__":
-    sys.exit(main(["promote", *sys.argv[1:]]))
+    process_main(["promote", *sys.argv[1:]])

@@ -2,7 +2,7 @@
 
 import sys
 
-from tokenrec.cli import main
+from tokenrec.cli import process_main
 
 if __name__ == "__main__":
-    sys.exit(main(["train-gnn", *sys.argv[1:]]))
+    process_main(["train-gnn", *sys.argv[1:]])

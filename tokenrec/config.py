@@ -710,6 +710,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        if args[1] is str:  # spark.conf: YAML reads `false` and `4` as a bool and an int; Spark wants the text
+            value = {k: str(v).lower() if isinstance(v, bool) else v for k, v in value.items()}
         return {str(k): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):

@@ -200,7 +200,7 @@ def test_lastfm(spark, home, shared_data):
 
 SOURCE_ARGS = [
     "--set=source.dataset=tiny", "--set=source.format=csv", "--set=source.user_col=u", "--set=source.item_col=i",
-    "--set=source.time_col=t", "--set=etl.kcore=2", "--set=spark.shuffle_partitions=2", "--set=spark.master=local[1]",
+    "--set=source.time_col=t", "--set=etl.kcore=2", "--profile=tiny",  # tiny: local[1] and a short-lived JVM's flags
 ]  # fmt: skip
 
 
@@ -218,6 +218,7 @@ def _wait_for(logs: list[Path], text: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow  # two ETL processes, each starting its own Spark
 def test_two_concurrent_etls_of_different_dates_leave_consistent_maps_and_valid_snapshots(spark, home, tmp_path):
     raw = _landing(tmp_path)
     lake = schema.Lake.at(home / "lake")

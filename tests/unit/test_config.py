@@ -28,6 +28,11 @@ def test_precedence_defaults_preset_yaml_cli(tmp_path):
     assert cfg.spark.master == "local[1]"
 
 
+def test_spark_conf_values_are_the_text_spark_reads():
+    cfg = load_config(overrides=["spark.conf.spark.sql.adaptive.enabled=false", "spark.conf.spark.sql.shuffle.partitions=4"])
+    assert cfg.spark.conf == {"spark.sql.adaptive.enabled": "false", "spark.sql.shuffle.partitions": "4"}
+
+
 def test_unknown_key_lists_valid_names(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=["etl.kcroe=3"])
