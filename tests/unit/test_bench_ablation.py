@@ -70,3 +70,20 @@ def test_the_ablation_table_has_a_line_per_cell_and_scoring(tmp_path, monkeypatc
     assert (
         "ablation-tokenrec-ml100k" not in page.split("## All results")[0]
     )  # not a quality file: no summary row
+
+
+def test_a_cell_the_quality_run_trained_is_read_from_it_not_trained_again(tmp_path) -> None:
+    from tokenrec.config import load_config, save_config
+    from tokenrec.run_folder import LLM, RunFolder
+    from tokenrec.storage import atomic_write_json
+
+    run = RunFolder(tmp_path / "quality")
+    profile = load_config(overrides=ablation.cell_overrides("causal-softmax", 12)[:3])  # what the run trained
+    save_config(profile, run.llm)
+    atomic_write_json(run.history(LLM), [{"epoch": 1, "seconds": 60.0}])
+    atomic_write_json(run.eval_metrics, {m: scored(0.1) for m in ablation.SCORINGS.values()})
+    cell = load_config(overrides=ablation.cell_overrides("causal-softmax", 12))
+    assert ablation.trained_by(run, cell)
+    assert not ablation.trained_by(run, load_config(overrides=ablation.cell_overrides("causal-hinge", 12)[:3]))
+    atomic_write_json(run.eval_metrics, {"tokenrec": scored(0.1)})  # scored one way only: train the cell
+    assert not ablation.trained_by(run, cell)

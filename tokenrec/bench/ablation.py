@@ -17,6 +17,10 @@ ranking, seen items excluded, the epoch selected on validation NDCG@20 with the 
 
 A cell already in the result file is replaced; the others are kept, each with its own command, commit and date,
 so cells can be added one at a time. Choose on validation only; the test columns are reported, not used.
+
+A cell that ``--gnn-run`` itself trained (its ``llm/config.yaml`` holds the cell's ``llm`` and ``retrieval``
+settings, and its evaluation scored it both ways: a quality run of the same profile) is read from there instead
+of being trained a second time; its row says so (``reused_from``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tokenrec.bench.machine import RESULTS, add_run_arguments, git_commit, write_result
 from tokenrec.bench.tokenrec_sweep import link
 from tokenrec.cli import build_config
-from tokenrec.config import LLM_LOSSES, LLM_TRAININGS
-from tokenrec.run_folder import LLM, RunFolder
+from tokenrec.config import LLM_LOSSES, LLM_TRAININGS, Config
+from tokenrec.run_folder import CONFIG_FILE, LLM, RunFolder
 from tokenrec.storage import read_json
 from tokenrec.tasks import evaluate, train_llm
 
@@ -42,6 +48,7 @@ TRAININGS = ("causal", "sampled")
 LOSSES = ("softmax", "hinge")
 CELLS = tuple(f"{training}-{loss}" for training in TRAININGS for loss in LOSSES)
 SCORINGS = {"ours": "tokenrec", "paper": "tokenrec_paper_scoring"}  # scoring -> evaluation model
+log = logging.getLogger(__name__)
 
 
 def cell_overrides(cell: str, prefixes_per_user: int) -> list[str]:
@@ -76,6 +83,20 @@ def cell_row(cell: str, run: RunFolder, seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         "history": history,
     }
+
+
+def trained_by(run: RunFolder, cfg: Config) -> bool:
+    """Whether ``run`` trained LLM4Rec with ``cfg``'s ``llm`` and ``retrieval`` settings and scored it both ways."""
+    saved = run.stage(LLM) / CONFIG_FILE
+    if not (saved.is_file() and run.eval_metrics.is_file() and run.history(LLM).is_file()):
+        return False
+    trained = yaml.safe_load(saved.read_text())
+    wanted = cfg.to_dict()
+    scored = read_json(run.eval_metrics)
+    return (
+        all(trained.get(section) == wanted[section] for section in ("llm", "retrieval"))
+        and all(model in scored for model in SCORINGS.values())
+    )
 
 
 def merge(earlier: dict[str, Any] | None, dataset: str, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -132,14 +153,22 @@ def main(argv: list[str] | None = None) -> None:
         overrides = [*args.overrides, *settings]
         cfg = build_config(argparse.Namespace(**{**vars(args), "overrides": overrides}))
         run = RunFolder(args.run_dir / cell)
-        run.root.mkdir(parents=True, exist_ok=True)
-        link(base.gnn, run.gnn)
-        link(base.tokenizer, run.tokenizer)
-        started = time.perf_counter()
-        train_llm.run(cfg, args.snapshot, run.root)
-        evaluate.run(cfg, args.snapshot, run.root)
+        reused = trained_by(base, cfg)
+        if reused:
+            log.info("%s: %s trained and scored it already; read from there", cell, args.gnn_run)
+            run = base
+            seconds = sum(h.get("seconds", 0.0) for h in read_json(run.history(LLM)))  # training only
+        else:
+            run.root.mkdir(parents=True, exist_ok=True)
+            link(base.gnn, run.gnn)
+            link(base.tokenizer, run.tokenizer)
+            started = time.perf_counter()
+            train_llm.run(cfg, args.snapshot, run.root)
+            evaluate.run(cfg, args.snapshot, run.root)
+            seconds = time.perf_counter() - started
         rows[cell] = {
-            **cell_row(cell, run, time.perf_counter() - started),
+            **cell_row(cell, run, seconds),
+            **({"reused_from": str(args.gnn_run)} if reused else {}),
             "gnn_run": str(args.gnn_run),
             "command": " ".join(
                 ["python -m tokenrec.bench.ablation", *(argv if argv is not None else sys.argv[1:])]
