@@ -53,8 +53,7 @@ run-local: $(STAMP)
 airflow-setup: $(STAMP)
 	@mkdir -p $(AIRFLOW_HOME)
 	$(AIRFLOW) db migrate > $(AIRFLOW_HOME)/db-migrate.log
-	$(AIRFLOW) pools set gpu 1 "one slot per GPU: training and inference never share a GPU" > /dev/null
-	$(AIRFLOW) pools set tokenrec_etl 1 "one slot: the ETLs of both DAGs append to the same ID maps" > /dev/null
+	$(AIRFLOW) pools import infra/config/airflow-pools.json > /dev/null
 
 # Headless Chromium renders the nightly report in tests/integration/test_report.py (Debian package chromium).
 browser:

@@ -41,8 +41,8 @@ from airflow.sdk import BaseOperator, Context, Param, Variable
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 PROJECT = Path(__file__).resolve().parents[1]
-GPU_POOL = "gpu"  # one slot per GPU; created by `make airflow-setup` (airflow pools set gpu 1 ...)
-ETL_POOL = "tokenrec_etl"  # one slot: the ETLs of both DAGs never overlap (airflow pools set tokenrec_etl 1 ...)
+GPU_POOL = "gpu"  # one slot per GPU; `make airflow-setup` imports infra/config/airflow-pools.json
+ETL_POOL = "tokenrec_etl"  # one slot: the ETLs of both DAGs never overlap (same file)
 EXPECTED_FAILURE = 2  # exit status of a job that failed on its input, a gate or a missing champion (cli.py)
 
 DEFAULT_ARGS = {

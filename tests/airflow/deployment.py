@@ -161,8 +161,7 @@ class Deployment:
             "SPARK_LOCAL_IP": "127.0.0.1",
         }
         self.airflow("db", "migrate")
-        self.airflow("pools", "set", "gpu", "1", "one slot per GPU: training and inference never share a GPU")
-        self.airflow("pools", "set", "tokenrec_etl", "1", "one slot: the ETLs of both DAGs share the ID maps")
+        self.airflow("pools", "import", str(REPO / "infra" / "config" / "airflow-pools.json"))  # as make airflow-setup
         self.lake = schema.Lake.at(self.home / "lake")
 
     def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -73,6 +73,8 @@ def test_structure_is_the_documented_one(parsed):
     assert parsed["dags"]["tokenrec_nightly"]["edges"] == _chain(nightly)
     pools = {"etl": "tokenrec_etl", **dict.fromkeys(("train_gnn", "train_tokenizer", "train_llm", "evaluate",
                                                      "batch_inference"), "gpu")}  # fmt: skip
+    shipped = json.loads((DAGS.parent / "infra" / "config" / "airflow-pools.json").read_text())
+    assert set(shipped) == set(pools.values())  # make airflow-setup creates every pool a task names
     for dag in parsed["dags"].values():
         for task_id, task in dag["tasks"].items():
             assert task["pool"] == pools.get(task_id, "default_pool"), task_id
