@@ -76,8 +76,7 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str, publish: bool = False) ->
         apply_threshold=threshold is not None, min_rating=float(threshold or 0.0),
     ), "stg_events")
     deduped = _cached(run_sql(spark, "etl/int_events_deduped", view="int_events_deduped"), "int_events_deduped")
-    kcore, rounds = _kcore(spark, deduped, cfg.etl.kcore, cfg.etl.kcore_max_iterations)
-    n_kcore = kcore.count()
+    kcore, rounds, n_deduped, n_kcore = _kcore(spark, deduped, cfg.etl.kcore, cfg.etl.kcore_max_iterations)
     if n_kcore == 0:
         raise InputError(
             cfg.source.path, f"no interactions are left after the {cfg.etl.kcore}-core filter",
@@ -87,10 +86,8 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str, publish: bool = False) ->
 
     maps_root = lake.id_map(schema.USERS).parent
     with id_map_lock(maps_root, cfg.etl.id_map_lock_timeout_s, holder=f"the ETL of {ds}"):  # one writer at a time
-        new_users = _extend_id_map(spark, kcore, schema.USER_ID, lake.id_map(schema.USERS), ds, "id_map_users")
-        new_items = _extend_id_map(spark, kcore, schema.ITEM_ID, lake.id_map(schema.ITEMS), ds, "id_map_items")
-    n_users = spark.table("id_map_users").count()
-    n_items = spark.table("id_map_items").count()
+        new_users, n_users = _extend_id_map(spark, kcore, schema.USER_ID, lake.id_map(schema.USERS), ds, "id_map_users")
+        new_items, n_items = _extend_id_map(spark, kcore, schema.ITEM_ID, lake.id_map(schema.ITEMS), ds, "id_map_items")
 
     if cfg.etl.split == "leave_one_out":
         interactions = run_sql(spark, "etl/fct_interactions")
@@ -106,7 +103,7 @@ def run_etl(spark: SparkSession, cfg: Config, ds: str, publish: bool = False) ->
     ).first()
     split_counts = {r[schema.SPLIT]: r["n"] for r in interactions.groupBy(schema.SPLIT).agg(F.count("*").alias("n")).collect()}
     n_rows = sum(split_counts.values())
-    n_stg, n_deduped = stg.count(), deduped.count()
+    n_stg = stg.count()
     previous = _previous_snapshot(lake, day)
     manifest = {
         "table": schema.INTERACTIONS_TABLE,
@@ -218,19 +215,20 @@ def _cached(df: DataFrame, name: str) -> DataFrame:
     return df
 
 
-def _kcore(spark: SparkSession, events: DataFrame, k: int, max_rounds: int) -> tuple[DataFrame, int]:
-    """Repeat ``int_kcore_step`` until no row is removed; returns the result and the number of rounds."""
+def _kcore(spark: SparkSession, events: DataFrame, k: int, max_rounds: int) -> tuple[DataFrame, int, int, int]:
+    """Repeat ``int_kcore_step`` until no row is removed; returns the result, the number of rounds and the row
+    counts before and after (counted on the way, so the caller need not scan again)."""
     current = events
-    n = current.count()
+    n = n_in = current.count()
     if k <= 1:
-        return current, 0
+        return current, 0, n_in, n_in
     for rounds in range(1, max_rounds + 1):
         current.createOrReplaceTempView("kcore_input")
         nxt = run_sql(spark, "etl/int_kcore_step", k=k).localCheckpoint(eager=True)
         n_next = nxt.count()
         current = nxt
         if n_next == n:
-            return current, rounds
+            return current, rounds, n_in, n
         n = n_next
     raise InputError(
         "etl", f"the {k}-core filter did not converge in {max_rounds} rounds",
@@ -238,8 +236,12 @@ def _kcore(spark: SparkSession, events: DataFrame, k: int, max_rounds: int) -> t
     )
 
 
-def _extend_id_map(spark: SparkSession, events: DataFrame, column: str, folder: Path, ds: str, view: str) -> int:
-    """Append raw ids of ``column`` not yet in the map at ``folder``; register the full map as ``view``."""
+def _extend_id_map(
+    spark: SparkSession, events: DataFrame, column: str, folder: Path, ds: str, view: str
+) -> tuple[int, int]:
+    """Append raw ids of ``column`` not yet in the map at ``folder``; register the full map as ``view``.
+
+    Returns (ids added, ids in the map now)."""
     from pyspark.sql import functions as F
 
     current = read_id_map(folder)
@@ -248,8 +250,9 @@ def _extend_id_map(spark: SparkSession, events: DataFrame, column: str, folder: 
     first_seen.createOrReplaceTempView("entity_first_seen")
     new_ids = run_sql(spark, "etl/int_new_ids", next_idx=current.num_rows, ds=ds).toArrow()
     append_ids(folder, new_ids, ds)
-    _map_view(spark, read_id_map(folder), view)
-    return new_ids.num_rows
+    extended = read_id_map(folder)
+    _map_view(spark, extended, view)
+    return new_ids.num_rows, extended.num_rows
 
 
 def _map_view(spark: SparkSession, table: pa.Table, view: str) -> None:
