@@ -113,10 +113,10 @@ class SparkConfig:
     app_name: str = "tokenrec"
     driver_memory: str = "4g"
     shuffle_partitions: int = 8  # small data wants few partitions; raise on a cluster
-    # Local masters: keep a class-data-sharing archive of the driver JVM's classes (~190 MB, in
-    # $XDG_CACHE_HOME/tokenrec/jvm or ~/.cache/tokenrec/jvm), written once by the first job, read by the next
-    # ones: a Spark job process starts about 6 s sooner on 2 cores. Off: every JVM loads its classes anew.
-    class_data_sharing: bool = True
+    class_data_sharing: bool = True  # local masters: keep a class-data-sharing archive of the driver JVM's
+    # classes (~190 MB, in $XDG_CACHE_HOME/tokenrec/jvm or ~/.cache/tokenrec/jvm), written once by the first
+    # job, read by the next ones: a Spark job process starts about 6 s sooner on 2 cores. Off: every JVM loads
+    # its classes anew.
     conf: dict[str, str] = field(default_factory=dict)  # any other spark.* settings
 
 
