@@ -13,6 +13,10 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# make test runs two xdist workers on two cores: torch, faiss and BLAS in each worker, and in the jobs the tests
+# start, use one thread each; a second thread per process only spins against the other worker's.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # pytest-xdist runs tests in execnet workers whose __main__ has neither __spec__ nor __file__; pyspark.sql.connect
 # (imported by Great Expectations) takes that for a doctest run and calls sys.exit(0) when grpcio-status is absent.

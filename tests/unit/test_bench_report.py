@@ -204,22 +204,36 @@ def test_the_summary_takes_each_models_latest_quality_row_and_links_its_file(tmp
             date=new,
         )
 
+    # the TokenRec ablation's validation pick is a column of its own, with the cell's own date and commit
+    cell = {"training": "causal", "loss": "hinge", "best_epoch": 5, "epochs": 8, "targets_per_epoch": 97401.0,
+            "targets_per_second": 400.0, "scoring": {"ours": split(0.31, 0.13, 0.15), "paper": split(0.7, 0.7, 0.7)},
+            "date": new, "commit": "4444444"}  # fmt: skip
+    write(
+        tmp_path,
+        "ablation-tokenrec-ml100k",
+        {"dataset": "ml100k", "selected_on_validation": "causal-hinge", "cells": {"causal-hinge": cell}},
+        date="see each cell",
+    )
+
     picks = report.current_quality(report._load(tmp_path))
     assert {ds: {m: p.stem for m, p in models.items()} for ds, models in picks.items()} == {
-        "ml100k": {"lightgcn": "sweep-lightgcn-sampling-ml100k", "tokenrec": "quality-ml100k"},
+        "ml100k": {"lightgcn": "sweep-lightgcn-sampling-ml100k", "tokenrec": "quality-ml100k",
+                   "tokenrec (causal-hinge)": "ablation-tokenrec-ml100k"},
         "beauty": {"lightgcn": "tokenizer-beauty-l512", "mostpop": "quality-beauty"},
         "lastfm": {"lightgcn": "quality-lastfm"},
     }
     top = summary_of(report.render())
     assert top.index("| **ml100k** |") < top.index("| **lastfm** |") < top.index("| **beauty** |")
-    assert "| **ml100k** | lightgcn | tokenrec |" in top
+    assert "| **ml100k** | lightgcn | tokenrec | tokenrec (causal-hinge) |" in top
     assert (
         f"| test HR@20 | {link('0.2100', 'sweep-lightgcn-sampling-ml100k', new)} | "
-        f"**{link('0.2900', 'quality-ml100k', old, '1111111')}** |"
+        f"{link('0.2900', 'quality-ml100k', old, '1111111')} | "
+        f"**{link('0.3100', 'ablation-tokenrec-ml100k', new, '4444444')}** |"
     ) in top
     assert (
         f"| valid NDCG@20 (selection) | {link('0.1100', 'sweep-lightgcn-sampling-ml100k', new)} | "
-        f"**{link('0.1400', 'quality-ml100k', old, '1111111')}** |"
+        f"{link('0.1400', 'quality-ml100k', old, '1111111')} | "
+        f"**{link('0.1500', 'ablation-tokenrec-ml100k', new, '4444444')}** |"
     ) in top
     assert (
         f"| measured | {link('2026-12-01 · sweep-lightgcn-sampling-ml100k', 'sweep-lightgcn-sampling-ml100k', new)} | "

@@ -241,8 +241,9 @@ CURRENT = (
     "**Current** = per data set and model, the row with the latest recorded `date` among the quality files "
     "(written by `tokenrec.bench.quality`: `quality-*.json` and the other files with a `protocol`, the "
     "*Quality* sections below); a row kept with `--keep-earlier` counts with its own date and commit; on equal "
-    "dates `quality-<data set>.json` wins. Speed: the latest file of each kind. Every number links to its file "
-    "(hover: date, commit, machine)."
+    "dates `quality-<data set>.json` wins. `tokenrec (<cell>)` is the TokenRec ablation's validation pick, "
+    "trained on that data set's quality-run LightGCN and tokenizers (*TokenRec ablation* below). Speed: the "
+    "latest file of each kind. Every number links to its file (hover: date, commit, machine)."
 )
 
 
@@ -275,6 +276,13 @@ def current_quality(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[st
     picks: dict[str, dict[str, Pick]] = {}
     for stem, doc in docs:
         res = doc.get("results")
+        if isinstance(res, dict) and _kind(stem, doc) == "ablation" and res.get("selected_on_validation"):
+            cell = res["cells"][res["selected_on_validation"]]
+            picks.setdefault(str(res["dataset"]), {})[f"tokenrec ({res['selected_on_validation']})"] = Pick(
+                str(cell.get("date", "")), False, stem, str(cell.get("commit", "")),
+                _machine_short(doc.get("machine")), cell["scoring"]["ours"],
+            )  # fmt: skip
+            continue
         if not isinstance(res, dict) or _kind(stem, doc) != "quality" or not res.get("dataset"):
             continue
         dataset = str(res["dataset"])
