@@ -7,6 +7,7 @@ spark-submit, whose settings win because ``getOrCreate`` reuses the session it s
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
@@ -83,8 +84,9 @@ def _class_data_sharing(cfg: SparkConfig) -> tuple[str, tuple[Path, Path] | None
     except OSError:
         return "", None  # no writable cache: start without
     for stale in folder.glob("*.jsa.*.tmp"):  # left by a job that was killed while writing
-        if time.time() - stale.stat().st_mtime > 3600:
-            stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another job may be removing it too
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
     temporary = folder / f"{archive.name}.{os.getpid()}.tmp"
     return f"-XX:ArchiveClassesAtExit={temporary} {quiet}", (temporary, archive)
 
