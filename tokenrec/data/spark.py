@@ -74,15 +74,15 @@ def _class_data_sharing(cfg: SparkConfig) -> tuple[str, tuple[Path, Path] | None
     jars = Path(pyspark.__file__).parent / "jars"
     java = os.environ.get("JAVA_HOME") or shutil.which("java") or ""
     key = f"{pyspark.__version__}|{jars.stat().st_mtime_ns if jars.is_dir() else 0}|{java}"
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenrec" / "jvm"
-    archive = folder / f"spark-{pyspark.__version__}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsa"
-    quiet = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # the dump lists every class it skips
-    if archive.is_file():
-        return f"-XX:SharedArchiveFile={archive} {quiet}", None
     try:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenrec" / "jvm"
+        archive = folder / f"spark-{pyspark.__version__}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsa"
+        quiet = "-Xlog:cds=off -Xlog:cds+dynamic=off"  # the dump lists every class it skips
+        if archive.is_file():
+            return f"-XX:SharedArchiveFile={archive} {quiet}", None
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return "", None  # no writable cache: start without
+    except (OSError, RuntimeError, KeyError):  # no home directory or no writable cache: start without
+        return "", None
     for stale in folder.glob("*.jsa.*.tmp"):  # left by a job that was killed while writing
         with contextlib.suppress(OSError):  # another job may be removing it too
             if time.time() - stale.stat().st_mtime > 3600:
