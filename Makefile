@@ -91,11 +91,15 @@ BENCH_ETL = for stage in etl validate-interactions; do \
 
 # Quality of every model (mostpop, MF, LightGCN, SASRec, TokenRec variants) on one data set's frozen split:
 # make bench-quality DATASET=lastfm [BENCH_PROFILE=bench-cpu] -> docs/benchmarks/quality-lastfm.json
+# BENCH_SET="section.key=value ..." adds --set overrides to the benchmarks below (Beauty's file:
+# make bench-quality DATASET=beauty BENCH_SET="gnn.sampling=edge sasrec.max_epochs=40").
 BENCH_PROFILE ?= bench-cpu
+BENCH_SET ?=
+BENCH_OVERRIDES = $(foreach setting,$(BENCH_SET),--set $(setting))
 bench-quality: $(STAMP)
 	@test -e $(BENCH_SNAPSHOT) || $(BENCH_ETL)
 	$(PY) -m tokenrec.bench.quality --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
-		--run-dir $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE)
+		--run-dir $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE) $(BENCH_OVERRIDES)
 
 # TokenRec ablation, sampling x loss x scoring, on the LightGCN and tokenizers of the quality run above:
 # make bench-ablation DATASET=ml100k [CELLS="causal-softmax sampled-hinge"] -> docs/benchmarks/ablation-tokenrec-ml100k.json
@@ -103,7 +107,7 @@ CELLS ?= causal-softmax causal-hinge sampled-softmax sampled-hinge
 bench-ablation: $(STAMP)
 	$(PY) -m tokenrec.bench.ablation --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
 		--gnn-run $(BENCH_HOME)/runs/quality-$(BENCH_PROFILE) --run-dir $(BENCH_HOME)/runs/ablation-$(BENCH_PROFILE) \
-		--cells $(CELLS)
+		--cells $(CELLS) $(BENCH_OVERRIDES)
 
 # Seen vs unseen users (10% held out of all training, or FOLDS=k trainings that each hold out one k-th, so every
 # user is unseen once; small data sets need that for a tight HR@20): make bench-unseen DATASET=lastfm FOLDS=5
@@ -111,7 +115,7 @@ FOLDS ?= 1
 bench-unseen: $(STAMP)
 	@test -e $(BENCH_SNAPSHOT) || $(BENCH_ETL)
 	$(PY) -m tokenrec.bench.unseen_users --dataset $(DATASET) --profile $(BENCH_PROFILE) --snapshot $(BENCH_SNAPSHOT) \
-		--run-dir $(BENCH_HOME)/runs/unseen-$(BENCH_PROFILE) --folds $(FOLDS)
+		--run-dir $(BENCH_HOME)/runs/unseen-$(BENCH_PROFILE) --folds $(FOLDS) $(BENCH_OVERRIDES)
 
 bench-report: $(STAMP)
 	$(PY) -m tokenrec.bench.report
