@@ -11,6 +11,9 @@ item excluded (the evaluation protocol of :mod:`tokenrec.evaluation.protocol`):
 * ``lightgcn_cosine``: the same user vector against *normalised* item vectors (TokenRec's retrieval metric);
 * ``user_tokens``: the user's own vector decoded from its K ID tokens by the MQ-Tokenizer, against normalised
   items: what the user-ID tokens alone carry, before any LLM;
+* ``last_item``: the LightGCN vector of the user's most recent item against normalised items (item-to-item
+  neighbours, nothing learned for the sequence): how much next-item signal the frozen item space holds that a
+  history-reading model could reach;
 * ``tokenrec``: LLM4Rec's vector (history prompt) against normalised items, as the pipeline ranks;
 * ``tokenrec_raw_items``: LLM4Rec's vector against the raw item vectors (item norms act as a popularity prior);
 * ``tokenrec_history_one_stale``: LLM4Rec's vector from a history without its most recent item (the target's
@@ -70,6 +73,7 @@ def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
             "lightgcn": (user, item),
             "lightgcn_cosine": (user, item_unit),
             "user_tokens": (decoded, item_unit),
+            "last_item": (last_item_vectors(item_unit, sequences), item_unit),
             "tokenrec": (llm, item_unit),
             "tokenrec_raw_items": (llm, item),
             "tokenrec_history_one_stale": (stale, item_unit),
@@ -82,6 +86,14 @@ def probe(cfg: Any, snapshot: Path, run_dir: Path) -> dict[str, Any]:
         for name, (u, i) in variants.items():
             results.setdefault(name, {})[split_name] = evaluate_split(data, EmbeddingRanker(u, i), split)
     return results
+
+
+def last_item_vectors(items: torch.Tensor, sequences: list[np.ndarray]) -> torch.Tensor:
+    """``(U, d)``: each user's most recent item's row of ``items`` ``(n_items, d)``, zeros for an empty history."""
+    out = items.new_zeros((len(sequences), items.shape[1]))
+    rows = [u for u, s in enumerate(sequences) if len(s)]
+    out[rows] = items[torch.as_tensor([sequences[u][-1] for u in rows], dtype=torch.long)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
